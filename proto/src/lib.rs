@@ -20,8 +20,11 @@
 #![forbid(unsafe_code)]
 
 pub mod channel;
+mod cookie;
 pub mod credential;
+mod noise;
 pub mod relay;
+pub mod replay;
 pub mod suite;
 pub mod time;
 pub mod tunnel;

@@ -223,8 +223,9 @@ pub mod software {
                     key.open_in_place(&nonce, b"hdr", &mut tampered[..n])
                         .is_err()
                 );
+                let mut wrong_aad = buf;
                 assert!(
-                    key.open_in_place(&nonce, b"hdx", &mut buf.clone()[..n])
+                    key.open_in_place(&nonce, b"hdx", &mut wrong_aad[..n])
                         .is_err()
                 );
                 let m = key.open_in_place(&nonce, b"hdr", &mut buf[..n]).unwrap();

@@ -14,6 +14,7 @@
 //! Integers are big-endian. Names travel as a length byte followed by the lower-case
 //! ASCII name; socket addresses as a family byte (4 or 6), the port and the address.
 
+pub mod channel;
 pub mod data;
 pub mod handshake;
 pub mod node;
@@ -213,6 +214,14 @@ impl fmt::Display for Fqdn {
 impl fmt::Debug for Fqdn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Fqdn({})", self.0)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Fqdn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Fqdn::new(&text).map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
     }
 }
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The one test command (README): installs what the tests need, then runs formatting,
+# lints, every test and the fuzz smoke. CI (.ci/run) calls exactly this.
+#
+# Knobs: FUZZ_SECONDS (per fuzz target, default 10), SKIP_FUZZ=1 to leave the fuzz smoke
+# out of a local run (CI never sets it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+install_prerequisites() {
+    local missing=()
+    command -v cc >/dev/null || missing+=(gcc libc6-dev)
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    if ((${#missing[@]})); then
+        log "installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+}
+
+install_prerequisites
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Plugin files (cdylibs) are not built by `cargo test`; the conformance and loader tests
+# load them from target/debug.
+log "cargo build (plugins as shared libraries)"
+cargo build --workspace --locked
+
+log "cargo test"
+cargo test --workspace --locked
+
+if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
+    log "fuzz smoke"
+    FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz-smoke.sh
+fi
+
+log "all checks passed"
