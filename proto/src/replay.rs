@@ -1,7 +1,9 @@
 //! Replay protection for counters carried in authenticated packets.
 //!
 //! A [`ReplayWindow`] accepts each 64-bit counter at most once and tolerates reordering
-//! of up to [`WINDOW_BITS`] packets, the sliding-bitmap scheme of RFC 6479. The caller
+//! of up to [`WINDOW_BITS`] packets (the data path's default; the signaling channel uses
+//! a narrower [`SignalingWindow`] because it holds one per node in the cloud), the
+//! sliding-bitmap scheme of RFC 6479. The caller
 //! checks *after* the packet authenticated (so forged counters cannot move the window)
 //! and must treat a rejected counter as a replay: drop and count.
 
@@ -12,17 +14,22 @@ pub const WINDOW_BITS: u64 = 8192;
 const WORD_BITS: u64 = u64::BITS as u64;
 /// One word more than the window so that the word the newest counter lives in can be
 /// partly filled without shrinking the usable window below `WINDOW_BITS`.
-const WORDS: usize = (WINDOW_BITS / WORD_BITS) as usize + 1;
-const RING_BITS: u64 = WORDS as u64 * WORD_BITS;
+const DATA_WORDS: usize = (WINDOW_BITS / WORD_BITS) as usize + 1;
 
+/// 256 counters deep: signaling is a few messages per minute per node, and the cloud
+/// keeps one window per connected node, so 48 bytes beat 1 KiB.
+pub type SignalingWindow = ReplayWindow<5>;
+
+/// Accepts counters at most once within `(WORDS - 1) * 64` counters behind the highest
+/// one seen. The default size is the data path's [`WINDOW_BITS`].
 #[derive(Clone)]
-pub struct ReplayWindow {
+pub struct ReplayWindow<const WORDS: usize = DATA_WORDS> {
     /// Highest counter accepted so far plus one; 0 means nothing accepted yet.
     next: u64,
     bitmap: [u64; WORDS],
 }
 
-impl std::fmt::Debug for ReplayWindow {
+impl<const WORDS: usize> std::fmt::Debug for ReplayWindow<WORDS> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplayWindow")
             .field("next", &self.next)
@@ -30,13 +37,17 @@ impl std::fmt::Debug for ReplayWindow {
     }
 }
 
-impl Default for ReplayWindow {
+impl<const WORDS: usize> Default for ReplayWindow<WORDS> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl ReplayWindow {
+impl<const WORDS: usize> ReplayWindow<WORDS> {
+    const RING_BITS: u64 = WORDS as u64 * WORD_BITS;
+    /// How far behind the highest counter a fresh one may be.
+    pub const DEPTH: u64 = (WORDS as u64 - 1) * WORD_BITS;
+
     pub const fn new() -> Self {
         Self {
             next: 0,
@@ -53,7 +64,7 @@ impl ReplayWindow {
         if counter >= self.next {
             return true;
         }
-        if self.next - counter > WINDOW_BITS {
+        if self.next - counter > Self::DEPTH {
             return false;
         }
         let (word, bit) = Self::position(counter);
@@ -98,7 +109,7 @@ impl ReplayWindow {
     }
 
     fn position(counter: u64) -> (usize, u32) {
-        let ring = counter % RING_BITS;
+        let ring = counter % Self::RING_BITS;
         ((ring / WORD_BITS) as usize, (ring % WORD_BITS) as u32)
     }
 }
@@ -109,7 +120,7 @@ mod tests {
 
     #[test]
     fn accepts_each_counter_once() {
-        let mut w = ReplayWindow::new();
+        let mut w: ReplayWindow = ReplayWindow::new();
         assert!(w.accept(0));
         assert!(!w.accept(0));
         assert!(w.accept(5));
@@ -121,7 +132,8 @@ mod tests {
 
     #[test]
     fn window_is_at_least_8192_deep() {
-        let mut w = ReplayWindow::new();
+        let mut w: ReplayWindow = ReplayWindow::new();
+        assert_eq!(ReplayWindow::<DATA_WORDS>::DEPTH, WINDOW_BITS);
         assert!(w.accept(10_000));
         assert!(!w.accept(10_000 - WINDOW_BITS));
         assert!(w.accept(10_000 - WINDOW_BITS + 1));
@@ -135,7 +147,7 @@ mod tests {
 
     #[test]
     fn big_jumps_clear_old_bits() {
-        let mut w = ReplayWindow::new();
+        let mut w: ReplayWindow = ReplayWindow::new();
         for c in 0..100 {
             assert!(w.accept(c));
         }
@@ -150,8 +162,14 @@ mod tests {
 
     #[test]
     fn matches_a_naive_model_under_random_order() {
+        check_against_model::<DATA_WORDS>(9000);
+        check_against_model::<5>(300);
+    }
+
+    fn check_against_model<const WORDS: usize>(spread: u64) {
         use std::collections::BTreeSet;
-        let mut w = ReplayWindow::new();
+        let depth = ReplayWindow::<WORDS>::DEPTH;
+        let mut w = ReplayWindow::<WORDS>::new();
         let mut seen = BTreeSet::new();
         let mut highest: Option<u64> = None;
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -160,9 +178,9 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let base = highest.unwrap_or(0);
-            let counter = (base + (x % 300)).saturating_sub(x % 9000 / 3 * 4);
+            let counter = (base + (x % 300)).saturating_sub(x % spread / 3 * 4);
             let fresh = !seen.contains(&counter)
-                && highest.is_none_or(|h| counter > h || h - counter < WINDOW_BITS);
+                && highest.is_none_or(|h| counter > h || h - counter < depth);
             assert_eq!(
                 w.accept(counter),
                 fresh,

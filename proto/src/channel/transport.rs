@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::{ChannelError, DropReason, MAX_INNER_LEN, REJECT_AFTER_MESSAGES};
 use crate::noise::{self, KEY_LEN, SymmetricState};
-use crate::replay::ReplayWindow;
+use crate::replay::SignalingWindow;
 use crate::suite::nonce_for_counter;
 use crate::wire::channel::{SIGNAL_HEADER_LEN, SignalPacket, TAG_LEN};
 
@@ -57,7 +57,7 @@ pub(crate) struct Transport {
     seal_key: ChaCha20Poly1305,
     open_key: ChaCha20Poly1305,
     send_counter: u64,
-    replay: ReplayWindow,
+    replay: SignalingWindow,
     pub(crate) established: Instant,
     /// Past this instant the channel neither seals nor opens.
     pub(crate) expires: Instant,
@@ -97,7 +97,7 @@ impl Transport {
             seal_key: ChaCha20Poly1305::new((&**seal).into()),
             open_key: ChaCha20Poly1305::new((&**open).into()),
             send_counter: 0,
-            replay: ReplayWindow::new(),
+            replay: SignalingWindow::new(),
             established: now,
             expires: now + lifetime,
             last_received: now,
