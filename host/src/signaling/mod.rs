@@ -1,0 +1,193 @@
+//! The node's async cloud client: a thin tokio layer over the sans-IO
+//! [`cyphonic_proto::channel::Signaling`] state machine.
+//!
+//! Each connection to a cloud service is one task that owns one UDP socket (connected
+//! to the service, so datagrams from anyone else never reach the state machine) and
+//! one `Signaling`. Handles talk to the task over a command channel and get their
+//! replies through oneshots; cloud pushes come out of an event channel. The task
+//! drives the state machine faithfully: `poll_transmit` until empty after every input,
+//! `handle_timeout` at `poll_timeout`, `handle_datagram` for every datagram, and
+//! `poll_event` until empty.
+//!
+//! - [`AuthClient`]: login with device id and password, credential renewal (AS).
+//! - [`NmsClient`]: registration, keepalive, address updates, directions, route
+//!   confirmations, logout, and pushes ([`NmsEvent`]) on a persistent channel (NMS).
+//! - [`relay_bind`] / [`RelayBinder`]: binding a socket to a relay ticket at a TRS.
+//!
+//! Request ids: the node picks its ids with the top bit clear; the cloud's pushes use
+//! ids with the top bit set, so the two spaces never collide.
+//!
+//! Passwords, keys, punch and bind keys and credentials never reach a log line or a
+//! `Debug` output of this module.
+
+mod auth;
+mod driver;
+mod nms;
+mod relay;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use cyphonic_proto::channel::{ChannelError, SignalingConfig};
+use cyphonic_proto::credential::CredentialError;
+use cyphonic_proto::wire::WireError;
+use cyphonic_proto::wire::signal::StatusReport;
+
+pub use auth::{AuthClient, LoginOutcome};
+pub use nms::{KeepAliveAck, NmsClient, NmsEvent};
+pub use relay::{AckError, RELAY_BIND_TIMEOUT, RelayBinder, relay_bind, resolve_relay_endpoint};
+
+/// The first request id of the cloud's space: pushes carry ids at or above it.
+pub const PUSH_ID_BIT: u32 = 0x8000_0000;
+
+/// Why a request to the cloud did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalingError {
+    /// The cloud answered with a refusal (or a status where a reply was expected).
+    #[error("the cloud answered {}", StatusText(.0))]
+    Status(StatusReport),
+    /// No reply before the request's deadline.
+    #[error("no reply from the cloud before the deadline")]
+    Timeout,
+    /// No channel could be (re)established; the request was abandoned.
+    #[error("the channel to the cloud was lost")]
+    ChannelLost,
+    /// The reply did not make sense for the request.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// The reply did not parse.
+    #[error("malformed reply: {0}")]
+    Wire(#[from] WireError),
+    /// The issued credential does not verify against the pinned key or names another
+    /// static key.
+    #[error("credential from the cloud rejected: {0}")]
+    Credential(#[from] CredentialError),
+    /// The channel state machine refused the request (too long, no channel).
+    #[error("channel: {0}")]
+    Channel(#[from] ChannelError),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The connection task has ended (after `finalize`, or all handles dropped).
+    #[error("the cloud connection is closed")]
+    Closed,
+}
+
+impl SignalingError {
+    /// The status code when the cloud refused.
+    pub fn status(&self) -> Option<cyphonic_proto::wire::status::StatusCode> {
+        match self {
+            Self::Status(report) => Some(report.status),
+            _ => None,
+        }
+    }
+}
+
+struct StatusText<'a>(&'a StatusReport);
+
+impl fmt::Display for StatusText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.status)?;
+        if self.0.retry_after_secs > 0 {
+            write!(f, " (retry after {} s)", self.0.retry_after_secs)?;
+        }
+        if !self.0.message.is_empty() {
+            write!(f, ": {}", self.0.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Timers and socket options of a cloud connection.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Retransmission, request and handshake timers. `persistent` is set by the client
+    /// (the NMS channel stays up for pushes, AS channels do not).
+    pub signaling: SignalingConfig,
+    /// Local address for the connection's socket; `None` binds the wildcard address of
+    /// the service's family on an ephemeral port.
+    pub bind: Option<SocketAddr>,
+    /// First delay before a persistent channel that was lost is tried again; doubles
+    /// up to [`Self::max_reconnect_delay`].
+    pub reconnect_delay: Duration,
+    pub max_reconnect_delay: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            signaling: SignalingConfig::default(),
+            bind: None,
+            reconnect_delay: Duration::from_secs(1),
+            max_reconnect_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Binds a UDP socket for talking to `peer` and connects it, so that only the peer's
+/// datagrams are received.
+async fn connected_socket(
+    peer: SocketAddr,
+    bind: Option<SocketAddr>,
+) -> std::io::Result<tokio::net::UdpSocket> {
+    let local = bind.unwrap_or(match peer {
+        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
+    });
+    let socket = tokio::net::UdpSocket::bind(local).await?;
+    socket.connect(peer).await?;
+    Ok(socket)
+}
+
+/// IPv4 peers reaching a dual-stack socket appear as `::ffff:a.b.c.d`; compare them
+/// as IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+fn unix_now() -> cyphonic_proto::time::UnixTime {
+    cyphonic_proto::time::UnixTime::from_system_time(std::time::SystemTime::now())
+}
+
+/// The last Unix second a new connection of this process took for its first hello.
+static LAST_HELLO_SECOND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Most a connection's clock runs ahead to keep hello timestamps apart.
+const MAX_HELLO_OFFSET_SECS: u64 = 30;
+
+/// Seconds a new connection adds to the wall clock for its hellos.
+///
+/// A service refuses a hello whose timestamp is not above the last one it accepted from
+/// the same node key, and a fresh `ChannelClient` stamps its first hello with the
+/// current second. Two connections from one key within a second (a login followed by
+/// a renewal, a reconnect) would see the second one's first hello dropped as a replay
+/// and cost a retransmission; giving each connection its own second avoids that. The
+/// offset stays far inside the services' acceptance window; past the cap we fall back
+/// to the plain clock and the retransmission.
+fn hello_clock_offset() -> u64 {
+    use std::sync::atomic::Ordering;
+    let now = unix_now().0;
+    let mut last = LAST_HELLO_SECOND.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last.saturating_add(1));
+        if next - now > MAX_HELLO_OFFSET_SECS {
+            return 0;
+        }
+        match LAST_HELLO_SECOND.compare_exchange_weak(
+            last,
+            next,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return next - now,
+            Err(current) => last = current,
+        }
+    }
+}
