@@ -25,6 +25,7 @@ mod loader;
 mod plugin;
 mod settings;
 mod status;
+mod wipe;
 
 pub use abi::{
     ABI_MAJOR, ABI_MINOR, ADDR_FLAG_DEPRECATED, ADDR_FLAG_TEMPORARY, ADDR_FLAG_TENTATIVE,
@@ -43,6 +44,7 @@ pub use host::{
 pub use plugin::{CryptoSuite, MobilityDetector, VirtualInterface};
 pub use settings::{VifDetails, VifSettings, option_value};
 pub use status::{PluginError, PluginFailure, Status};
+pub use wipe::WipeOnDrop;
 
 /// Support for the export macros and this crate's own tests; not a stable API.
 #[doc(hidden)]

@@ -2,9 +2,10 @@
 //! against every plugin file the workspace builds, loaded by absolute path through the
 //! real loader: where those files are ([`PluginArtifact`]: next to the test executable,
 //! built on demand) and how a C host could misuse a plugin ([`c_host`]), which the safe
-//! wrappers cannot express.
+//! wrappers cannot express. Also the suites' shared known-answer harness ([`kat`]).
 
 pub mod c_host;
+pub mod kat;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
