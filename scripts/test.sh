@@ -14,6 +14,11 @@ install_prerequisites() {
     command -v cc >/dev/null || missing+=(gcc libc6-dev)
     command -v openssl >/dev/null || missing+=(openssl)
     command -v pkg-config >/dev/null || missing+=(pkg-config)
+    # The end-to-end tests build namespaces and run real traffic through them.
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v ping >/dev/null || missing+=(iputils-ping)
+    command -v iperf3 >/dev/null || missing+=(iperf3)
+    command -v tcpdump >/dev/null || missing+=(tcpdump)
     if ((${#missing[@]})); then
         log "installing Debian packages: ${missing[*]}"
         apt-get update -qq

@@ -19,6 +19,10 @@
 //!   `RouteDirectionToResponder`, wait for `RouteDirectionConfirmation`, then answer
 //!   `RouteDirectionToInitiator` — or OFFLINE when the responder stays silent for
 //!   `confirm_timeout_ms`, or the responder's refusal status;
+//! - `DirectionRequestByAddress`: the node whose credential carries that virtual
+//!   address, among the registered ones, is asked for as if by its name (same checks,
+//!   plan and answers). Only registered nodes are indexed by address, so an address of
+//!   an offline device and an address nobody has both get NOT_FOUND;
 //! - `FinalizationRequest`: presence removed, answered, channel closed shortly after
 //!   (a retransmitted finalization within two seconds still gets its answer).
 //!
@@ -74,7 +78,7 @@ use crate::context::CloudContext;
 use crate::metrics::{Counter, Gauge, Metrics};
 use crate::net;
 use crate::store::StoreError;
-use direction::{Busy, Directions, Due, KnownNames, NewPending, RelaySite, RequestKey};
+use direction::{Busy, Directions, Due, KnownNames, NewPending, RelaySite, RequestKey, Target};
 use presence::{Presence, Presences, Registration};
 
 /// Why the NMS could not start.
@@ -140,9 +144,9 @@ struct Nms {
     presences: Presences,
     directions: Directions,
     names: KnownNames,
-    /// Store lookups running, and whom each answers.
+    /// Store lookups running, and whom each answers about which name.
     lookups: JoinSet<Result<bool, StoreError>>,
-    lookup_askers: HashMap<tokio::task::Id, Asker>,
+    lookup_askers: HashMap<tokio::task::Id, (Asker, Fqdn)>,
     relays: Vec<RelaySite>,
     /// Finalized channels, closed after [`FINALIZE_GRACE`] unless the node registered
     /// on them again.
@@ -744,7 +748,16 @@ impl Nms {
                 );
             }
             SignalMessage::DirectionRequest { target } => {
-                self.on_direction_request(now, from, request_id, registered, target);
+                self.on_direction_request(now, from, request_id, registered, Target::Name(target));
+            }
+            SignalMessage::DirectionRequestByAddress { target } => {
+                self.on_direction_request(
+                    now,
+                    from,
+                    request_id,
+                    registered,
+                    Target::Address(target),
+                );
             }
             SignalMessage::RouteDirectionConfirmation {
                 direction_id,
@@ -900,7 +913,7 @@ impl Nms {
         from: &Sender,
         request_id: u32,
         registered: bool,
-        target: Fqdn,
+        target: Target,
     ) {
         let key = (from.node, request_id);
         let generation = self
@@ -935,7 +948,25 @@ impl Nms {
             );
         };
         let own = initiator.fqdn().clone();
-        if own == to.target {
+        let (name, responder) = match &to.target {
+            Target::Name(name) => (name.clone(), None),
+            Target::Address(ip) => {
+                let Some((node, name)) = self.presences.node_by_address(*ip).and_then(|node| {
+                    let p = self.presences.get(&node)?;
+                    Some((node, p.fqdn().clone()))
+                }) else {
+                    return self.finish(
+                        now,
+                        to,
+                        StatusCode::NOT_FOUND,
+                        "no online node has this address",
+                        Outcome::NotFound,
+                    );
+                };
+                (name, Some(node))
+            }
+        };
+        if own == name {
             return self.finish(
                 now,
                 to,
@@ -944,8 +975,8 @@ impl Nms {
                 Outcome::Forbidden,
             );
         }
-        if !policy_allows(&self.ctx.config.policy, &own, &to.target) {
-            tracing::debug!(from = %own, to = %to.target, "direction denied by policy");
+        if !policy_allows(&self.ctx.config.policy, &own, &name) {
+            tracing::debug!(from = %own, to = %name, "direction denied by policy");
             return self.finish(
                 now,
                 to,
@@ -954,10 +985,10 @@ impl Nms {
                 Outcome::Forbidden,
             );
         }
-        if let Some(responder) = self.presences.node_by_fqdn(&to.target) {
+        if let Some(responder) = responder.or_else(|| self.presences.node_by_fqdn(&name)) {
             return self.start_direction(now, to, responder);
         }
-        match self.names.get(&to.target, now) {
+        match self.names.get(&name, now) {
             Some(true) => self.finish(
                 now,
                 to,
@@ -982,21 +1013,21 @@ impl Nms {
             None => {
                 self.directions.begin_lookup(to.key);
                 let store = Arc::clone(&self.ctx.store);
-                let name = to.target.clone();
+                let lookup = name.clone();
                 let task = self.lookups.spawn(async move {
                     store
-                        .device_by_fqdn(&name)
+                        .device_by_fqdn(&lookup)
                         .await
                         .map(|device| device.is_some())
                 });
-                self.lookup_askers.insert(task.id(), to);
+                self.lookup_askers.insert(task.id(), (to, name));
             }
         }
     }
 
     /// A store lookup ended: the name is known, unknown, or (`None`) the store failed.
     fn on_lookup(&mut self, now: Instant, task: tokio::task::Id, known: Option<bool>) {
-        let Some(to) = self.lookup_askers.remove(&task) else {
+        let Some((to, name)) = self.lookup_askers.remove(&task) else {
             return;
         };
         if !self.presences.contains(&to.key.0) {
@@ -1006,9 +1037,10 @@ impl Nms {
         }
         match known {
             Some(known) => {
-                self.names.insert(to.target.clone(), known, now);
                 // It may have registered while the store answered.
-                if let Some(responder) = self.presences.node_by_fqdn(&to.target) {
+                let responder = self.presences.node_by_fqdn(&name);
+                self.names.insert(name, known, now);
+                if let Some(responder) = responder {
                     self.start_direction(now, to, responder);
                 } else if known {
                     self.finish(
@@ -1376,7 +1408,8 @@ impl Nms {
 /// Who a direction answer goes to.
 struct Asker {
     key: RequestKey,
-    target: Fqdn,
+    /// What the request asked for, as sent.
+    target: Target,
     /// The initiator's registration the request came under.
     generation: u16,
     initiator_key: [u8; 32],

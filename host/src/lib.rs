@@ -1,8 +1,24 @@
-//! The cyphonic node host: the parts of `cyphonicd` that do I/O around the sans-IO
-//! protocol core in `cyphonic-proto`.
+//! The cyphonic node: everything `cyphonicd` and the `cyphonic` CLI share, doing the
+//! I/O around the sans-IO protocol core in `cyphonic-proto`. Modules follow the
+//! CYPHONIC paper's node modules:
 //!
-//! - [`signaling`]: the node's async cloud client: login and renewal at the AS,
-//!   presence and directions at the NMS, relay binds at a TRS.
-#![forbid(unsafe_code)]
+//! - [`config`]: the YAML configuration and its validation (configuration module).
+//! - [`state`]: the node key and the stored credential.
+//! - [`plugins`]: the plugin host (virtual interface, crypto suites).
+//! - [`signaling`]: the async cloud client: AS login and renewal, NMS presence and
+//!   directions, TRS relay binds (signaling module).
+//! - [`resolver`] and [`lua`]: the CYPHONIC resolver with its Lua DNS filter.
+//! - [`packet`]: packet hook and packet handling: the data path.
+//! - [`control`]: the local API the CLI talks to.
+//! - [`sys`]: the few OS calls std does not wrap.
+#![deny(unsafe_code)]
 
+pub mod config;
+pub mod control;
+pub mod lua;
+pub mod packet;
+pub mod plugins;
+pub mod resolver;
 pub mod signaling;
+pub mod state;
+pub mod sys;

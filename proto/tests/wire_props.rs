@@ -63,6 +63,13 @@ fn endpoint() -> impl Strategy<Value = SocketAddr> {
     ]
 }
 
+fn ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(|ip| IpAddr::V4(Ipv4Addr::from(ip))),
+        any::<[u8; 16]>().prop_map(|ip| IpAddr::V6(Ipv6Addr::from(ip))),
+    ]
+}
+
 fn endpoints(max: usize) -> impl Strategy<Value = Vec<SocketAddr>> {
     vec(endpoint(), 0..=max)
 }
@@ -205,6 +212,7 @@ fn signal_message() -> impl Strategy<Value = SignalMessage> {
         proptest::option::of(endpoint())
             .prop_map(|observed| SignalMessage::AddressUpdateAck { observed }),
         fqdn().prop_map(|target| SignalMessage::DirectionRequest { target }),
+        ip().prop_map(|target| SignalMessage::DirectionRequestByAddress { target }),
         (any::<[u8; 16]>(), peer_route()).prop_map(|(direction_id, peer)| {
             SignalMessage::RouteDirectionToResponder { direction_id, peer }
         }),
@@ -848,7 +856,7 @@ proptest! {
 
     #[test]
     fn signal_never_panics(
-        kind in proptest::sample::select(vec![0x01u8, 0x02, 0x10, 0x11, 0x13, 0x14, 0x15, 0x20, 0x21, 0x22, 0x23, 0x7f, 0x99]),
+        kind in proptest::sample::select(vec![0x01u8, 0x02, 0x10, 0x11, 0x13, 0x14, 0x15, 0x20, 0x21, 0x22, 0x23, 0x24, 0x7f, 0x99]),
         mut bytes in vec(any::<u8>(), 0..600),
         raw in vec(any::<u8>(), 0..64),
     ) {
@@ -1506,6 +1514,12 @@ fn fuzz_seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             retry_after_secs: 10,
             message: "nas.bob.cyphonic is not registered".into(),
         }),
+        SignalMessage::DirectionRequestByAddress {
+            target: IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2)),
+        },
+        SignalMessage::DirectionRequestByAddress {
+            target: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2)),
+        },
     ];
     let signal_seeds: Vec<Vec<u8>> = signals
         .into_iter()

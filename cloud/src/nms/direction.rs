@@ -4,14 +4,16 @@
 //! times within the confirmation timeout, then the initiator hears OFFLINE. While it
 //! waits, a retransmitted `DirectionRequest` (same node, same request id) starts
 //! nothing; once it is answered, the answer is cached for a while so a retransmission
-//! gets the same bytes (and the responder is not pushed to twice).
+//! gets the same bytes (and the responder is not pushed to twice). A retransmission is
+//! recognised by the [`Target`] it asks for, a name or a virtual address, as sent: an
+//! address that changed hands since is still answered the first way.
 //!
 //! Also here: the relay sites offered in routes, and a short-lived cache of which
 //! names the store knows, so that repeated lookups of an offline or unknown name do
 //! not each cost a database query.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cyphonic_proto::channel::ChannelHandle;
@@ -39,6 +41,14 @@ const NAMES_TTL: Duration = Duration::from_secs(5);
 
 /// A direction is named by the initiator and its request id.
 pub(crate) type RequestKey = (NodeId, u32);
+
+/// What a direction request asked for: a `DirectionRequest`'s name or a
+/// `DirectionRequestByAddress`'s virtual address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    Name(Fqdn),
+    Address(IpAddr),
+}
 
 /// One TRS the NMS may offer.
 #[derive(Debug, Clone)]
@@ -143,7 +153,7 @@ pub(crate) struct Pending {
     pub(crate) initiator_key: [u8; 32],
     pub(crate) initiator_channel: ChannelHandle,
     pub(crate) initiator_socket: u8,
-    pub(crate) target: Fqdn,
+    pub(crate) target: Target,
     pub(crate) generation: u16,
     pub(crate) responder: NodeId,
     pub(crate) responder_key: [u8; 32],
@@ -177,7 +187,7 @@ pub(crate) enum Busy {
 
 #[derive(Debug)]
 struct Completed {
-    target: Fqdn,
+    target: Target,
     generation: u16,
     reply: Zeroizing<Vec<u8>>,
     at: Instant,
@@ -222,7 +232,7 @@ impl Directions {
         &self,
         now: Instant,
         key: &RequestKey,
-        target: &Fqdn,
+        target: &Target,
         generation: u16,
     ) -> Option<&[u8]> {
         self.completed
@@ -362,7 +372,7 @@ impl Directions {
         &mut self,
         now: Instant,
         key: RequestKey,
-        target: Fqdn,
+        target: Target,
         generation: u16,
         reply: Zeroizing<Vec<u8>>,
     ) {
@@ -416,7 +426,7 @@ pub(crate) struct NewPending {
     pub(crate) initiator_key: [u8; 32],
     pub(crate) initiator_channel: ChannelHandle,
     pub(crate) initiator_socket: u8,
-    pub(crate) target: Fqdn,
+    pub(crate) target: Target,
     pub(crate) generation: u16,
     pub(crate) responder: NodeId,
     pub(crate) responder_key: [u8; 32],
@@ -472,7 +482,7 @@ mod tests {
             initiator_key: [initiator; 32],
             initiator_channel: handle(),
             initiator_socket: 0,
-            target: Fqdn::new("b.cyphonic").unwrap(),
+            target: Target::Name(Fqdn::new("b.cyphonic").unwrap()),
             generation: 1,
             responder: NodeId([responder; 16]),
             responder_key: [responder; 32],
@@ -614,16 +624,23 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Directions::new(Duration::from_millis(800));
         let key = (NodeId([1; 16]), 9);
-        let b = Fqdn::new("b.cyphonic").unwrap();
+        let b = Target::Name(Fqdn::new("b.cyphonic").unwrap());
         d.begin_lookup(key);
         assert!(d.is_in_flight(&key));
         d.complete(t0, key, b.clone(), 1, Zeroizing::new(vec![1, 2, 3]));
         assert!(!d.is_in_flight(&key));
         assert_eq!(d.cached(t0, &key, &b, 1), Some(&[1u8, 2, 3][..]));
         assert_eq!(
-            d.cached(t0, &key, &Fqdn::new("c.cyphonic").unwrap(), 1),
+            d.cached(t0, &key, &Target::Name(Fqdn::new("c.cyphonic").unwrap()), 1),
             None
         );
+        // The same node asked for by address is another request.
+        let by_address = Target::Address("100.64.0.2".parse().unwrap());
+        assert_eq!(d.cached(t0, &key, &by_address, 1), None);
+        d.complete(t0, key, by_address.clone(), 1, Zeroizing::new(vec![4]));
+        assert_eq!(d.cached(t0, &key, &by_address, 1), Some(&[4u8][..]));
+        assert_eq!(d.cached(t0, &key, &b, 1), None);
+        d.complete(t0, key, b.clone(), 1, Zeroizing::new(vec![1, 2, 3]));
         // The node registered again since: its ids may mean something else now.
         assert_eq!(d.cached(t0, &key, &b, 2), None);
         assert_eq!(d.cached(t0 + COMPLETED_TTL, &key, &b, 1), None);

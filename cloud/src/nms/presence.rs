@@ -11,6 +11,10 @@
 //! - the name index keys nodes by a keyed 64-bit hash of their name instead of a copy
 //!   of it (the name is compared against the node's credential on lookup; a second
 //!   name with the same hash goes to a small spill map);
+//! - the address index keys nodes by the virtual IPv4 and IPv6 addresses of their
+//!   credentials (20 and 32 bytes an entry), so that a node can ask for a direction to
+//!   the owner of an overlay address. Like a name, an address belongs to the newest
+//!   registration that claims it;
 //! - times are `u32` ticks of [`TICK`] since the table was made;
 //! - expiry is one `(deadline tick, node)` entry per node in a `BTreeSet`, moved lazily:
 //!   a keepalive only bumps `last_seen`, and an entry that comes due for a node seen
@@ -96,6 +100,9 @@ pub(crate) struct Presences {
     by_name: HashMap<u64, NodeId>,
     /// Names whose hash another name already holds in `by_name`.
     spill: HashMap<Fqdn, NodeId>,
+    /// Virtual addresses (from the credentials) -> node.
+    by_vip4: HashMap<Ipv4Addr, NodeId>,
+    by_vip6: HashMap<Ipv6Addr, NodeId>,
     hasher: RandomState,
     expiry: BTreeSet<(u32, NodeId)>,
     epoch: Instant,
@@ -191,6 +198,8 @@ impl Presences {
             nodes: HashMap::new(),
             by_name: HashMap::new(),
             spill: HashMap::new(),
+            by_vip4: HashMap::new(),
+            by_vip6: HashMap::new(),
             hasher: RandomState::new(),
             expiry: BTreeSet::new(),
             epoch,
@@ -232,10 +241,27 @@ impl Presences {
             .copied()
     }
 
+    /// The registered node whose credential carries the virtual address `ip` (an
+    /// IPv4-mapped IPv6 address counts as its IPv4 address). When two registered nodes
+    /// claim an address, the newer registration has it, and once that node leaves
+    /// nobody does until the older one registers again.
+    pub(crate) fn node_by_address(&self, ip: IpAddr) -> Option<NodeId> {
+        let ip = ip.to_canonical();
+        let node = match ip {
+            IpAddr::V4(v4) => self.by_vip4.get(&v4),
+            IpAddr::V6(v6) => self.by_vip6.get(&v6),
+        }?;
+        // The index follows every change of a node's credential; checking costs little.
+        let credential = self.nodes.get(node)?.credential().credential();
+        (ip == IpAddr::V4(credential.vip4) || ip == IpAddr::V6(credential.vip6)).then_some(*node)
+    }
+
     /// Adds the node, or replaces what an earlier registration recorded (keeping the
     /// observed endpoint of the other family). When another node held the same name
     /// (a device re-created under its old name), that node is dropped and returned: the
-    /// newest registration owns a name.
+    /// newest registration owns a name. A virtual address claimed by another node moves
+    /// to this one without dropping that node (it stays reachable by name): addresses
+    /// are assigned once per device, so two live claims mean one credential is stale.
     pub(crate) fn register(&mut self, now: Instant, reg: Registration<'_>) -> Option<NodeId> {
         let Some(credential) = reg.peer.credential.as_ref() else {
             debug_assert!(false, "registration without a credential");
@@ -246,9 +272,13 @@ impl Presences {
         let (real, real_v4) = pack(reg.endpoints);
         self.generations = self.generations.checked_add(1).unwrap_or(1);
         let generation = self.generations;
-        if let Some(old_name) = self.nodes.get(&node).map(|p| p.fqdn().clone()) {
-            // Unindexed while its name may change; indexed again below.
-            self.unindex(&old_name, &node);
+        if let Some((name, vip4, vip6)) = self.nodes.get(&node).map(|p| {
+            let c = p.credential().credential();
+            (c.fqdn.clone(), c.vip4, c.vip6)
+        }) {
+            // Unindexed while its name and addresses may change; indexed again below.
+            self.unindex(&name, &node);
+            self.unindex_addresses(vip4, vip6, &node);
         }
         match self.nodes.get_mut(&node) {
             Some(p) => {
@@ -283,6 +313,7 @@ impl Presences {
             }
         }
         let displaced = self.index(node);
+        self.index_addresses(node);
         if let Some(other) = displaced {
             self.remove(&other);
         }
@@ -323,8 +354,11 @@ impl Presences {
             return;
         };
         let current = p.credential().credential();
+        // Same name and addresses, so the indexes need no change.
         if offered.node_id == *node
             && offered.fqdn == current.fqdn
+            && offered.vip4 == current.vip4
+            && offered.vip6 == current.vip6
             && offered.not_after >= current.not_after
         {
             p.peer = Arc::clone(peer);
@@ -353,8 +387,10 @@ impl Presences {
     }
 
     pub(crate) fn remove(&mut self, node: &NodeId) -> Option<Presence> {
-        let name = self.nodes.get(node)?.fqdn().clone();
+        let credential = self.nodes.get(node)?.credential().credential();
+        let (name, vip4, vip6) = (credential.fqdn.clone(), credential.vip4, credential.vip6);
         self.unindex(&name, node);
+        self.unindex_addresses(vip4, vip6, node);
         let p = self.nodes.remove(node)?;
         self.expiry.remove(&(p.scheduled, *node));
         Some(p)
@@ -432,6 +468,35 @@ impl Presences {
         }
     }
 
+    /// Indexes `node` (present in `nodes`) under its virtual addresses, taking them
+    /// from any node that held them.
+    fn index_addresses(&mut self, node: NodeId) {
+        let Some(p) = self.nodes.get(&node) else {
+            return;
+        };
+        let credential = p.credential().credential();
+        let (vip4, vip6) = (credential.vip4, credential.vip6);
+        for (holder, ip) in [
+            (self.by_vip4.insert(vip4, node), IpAddr::V4(vip4)),
+            (self.by_vip6.insert(vip6, node), IpAddr::V6(vip6)),
+        ] {
+            if let Some(holder) = holder.filter(|h| *h != node) {
+                tracing::info!(%node, previous = %holder, %ip, "virtual address moved to a newer node");
+            }
+        }
+    }
+
+    /// Removes the entries of `node`'s addresses that still point at it (a newer node
+    /// may have taken one over).
+    fn unindex_addresses(&mut self, vip4: Ipv4Addr, vip6: Ipv6Addr, node: &NodeId) {
+        if self.by_vip4.get(&vip4) == Some(node) {
+            self.by_vip4.remove(&vip4);
+        }
+        if self.by_vip6.get(&vip6) == Some(node) {
+            self.by_vip6.remove(&vip6);
+        }
+    }
+
     fn unindex(&mut self, name: &Fqdn, node: &NodeId) {
         let hash = self.name_hash(name);
         if self.by_name.get(&hash) == Some(node) {
@@ -506,6 +571,24 @@ mod tests {
     }
 
     fn identity_until(n: u8, name: &str, not_after: u64) -> Arc<PeerIdentity> {
+        identity_with(n, name, not_after, vip4(n), vip6(n))
+    }
+
+    fn vip4(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(100, 64, 0, n)
+    }
+
+    fn vip6(n: u8) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(n))
+    }
+
+    fn identity_with(
+        n: u8,
+        name: &str,
+        not_after: u64,
+        vip4: Ipv4Addr,
+        vip6: Ipv6Addr,
+    ) -> Arc<PeerIdentity> {
         let cloud = SigningKey::from_bytes(&[1; 32]);
         let credential = Credential {
             cloud_key_id: CloudKeyId::of(&cloud.verifying_key()),
@@ -513,8 +596,8 @@ mod tests {
             not_before: UnixTime(1),
             not_after: UnixTime(not_after),
             static_public: [n; 32],
-            vip4: "100.64.0.1".parse().unwrap(),
-            vip6: "fd00::1".parse().unwrap(),
+            vip4,
+            vip6,
             fqdn: Fqdn::new(name).unwrap(),
         }
         .sign(&cloud);
@@ -541,16 +624,30 @@ mod tests {
         endpoints: &[SocketAddr],
         observed: &str,
     ) -> Option<NodeId> {
+        register_as(table, now, identity(n, name), endpoints, observed)
+    }
+
+    fn register_as(
+        table: &mut Presences,
+        now: Instant,
+        peer: Arc<PeerIdentity>,
+        endpoints: &[SocketAddr],
+        observed: &str,
+    ) -> Option<NodeId> {
         table.register(
             now,
             Registration {
-                peer: identity(n, name),
+                peer,
                 endpoints,
                 observed: ep(observed),
                 channel: handle(),
                 socket: 0,
             },
         )
+    }
+
+    fn by_address(table: &Presences, ip: &str) -> Option<NodeId> {
+        table.node_by_address(ip.parse().unwrap())
     }
 
     #[test]
@@ -658,6 +755,73 @@ mod tests {
     }
 
     #[test]
+    fn address_index_follows_registrations() {
+        let t0 = Instant::now();
+        let mut table = Presences::new(t0, Duration::from_secs(10));
+        let (a, b, c) = (NodeId([1; 16]), NodeId([2; 16]), NodeId([3; 16]));
+        register(&mut table, t0, 1, "a.cyphonic", &[], "192.0.2.1:1");
+        register(&mut table, t0, 2, "b.cyphonic", &[], "192.0.2.2:1");
+        assert_eq!(by_address(&table, "100.64.0.1"), Some(a));
+        assert_eq!(by_address(&table, "fd00::1"), Some(a));
+        assert_eq!(by_address(&table, "100.64.0.2"), Some(b));
+        assert_eq!(by_address(&table, "fd00::2"), Some(b));
+        // An IPv4-mapped IPv6 address is the IPv4 address.
+        assert_eq!(by_address(&table, "::ffff:100.64.0.2"), Some(b));
+        assert_eq!(by_address(&table, "100.64.0.3"), None);
+        assert_eq!(by_address(&table, "fd00::3"), None);
+
+        // a registers again with other addresses: only the new ones find it.
+        let moved = identity_with(
+            1,
+            "a.cyphonic",
+            u64::MAX / 2,
+            vip4(11),
+            "fd00::b".parse().unwrap(),
+        );
+        register_as(&mut table, t0, moved, &[], "192.0.2.1:1");
+        assert_eq!(by_address(&table, "100.64.0.1"), None);
+        assert_eq!(by_address(&table, "fd00::1"), None);
+        assert_eq!(by_address(&table, "100.64.0.11"), Some(a));
+        assert_eq!(by_address(&table, "fd00::b"), Some(a));
+
+        // c (another name) claims b's IPv4 address: the newer registration has it, b
+        // keeps its name and its IPv6 address.
+        let claim = identity_with(3, "c.cyphonic", u64::MAX / 2, vip4(2), vip6(3));
+        assert_eq!(register_as(&mut table, t0, claim, &[], "192.0.2.3:1"), None);
+        assert_eq!(table.len(), 3);
+        assert_eq!(by_address(&table, "100.64.0.2"), Some(c));
+        assert_eq!(by_address(&table, "fd00::2"), Some(b));
+        assert_eq!(
+            table.node_by_fqdn(&Fqdn::new("b.cyphonic").unwrap()),
+            Some(b)
+        );
+        // b leaving does not take c's entry with it.
+        assert!(table.remove(&b).is_some());
+        assert_eq!(by_address(&table, "100.64.0.2"), Some(c));
+        assert_eq!(by_address(&table, "fd00::2"), None);
+
+        // A newer node under a's name displaces a, and its addresses replace a's.
+        assert_eq!(
+            register(&mut table, t0, 4, "a.cyphonic", &[], "192.0.2.4:1"),
+            Some(a)
+        );
+        assert_eq!(by_address(&table, "100.64.0.11"), None);
+        assert_eq!(by_address(&table, "100.64.0.4"), Some(NodeId([4; 16])));
+
+        // An identity with other addresses is not adopted (the index would go stale).
+        let other_addresses = identity_with(3, "c.cyphonic", u64::MAX / 2, vip4(3), vip6(3));
+        table.adopt_identity(&c, &other_addresses);
+        assert_eq!(by_address(&table, "100.64.0.2"), Some(c));
+        assert_eq!(by_address(&table, "100.64.0.3"), None);
+
+        // Expiry and removal empty the index.
+        table.remove(&c);
+        table.expire(t0 + Duration::from_secs(10), |_, _| {});
+        assert_eq!(table.len(), 0);
+        assert!(table.by_vip4.is_empty() && table.by_vip6.is_empty());
+    }
+
+    #[test]
     fn names_sharing_a_hash_are_all_found() {
         let t0 = Instant::now();
         let mut table = Presences::new(t0, Duration::from_secs(10));
@@ -727,6 +891,7 @@ mod tests {
         assert_eq!(gone.len(), 2);
         assert_eq!(table.len(), 0);
         assert!(table.by_name.is_empty() && table.spill.is_empty() && table.expiry.is_empty());
+        assert!(table.by_vip4.is_empty() && table.by_vip6.is_empty());
     }
 
     #[test]
@@ -812,8 +977,9 @@ mod memory {
                     not_before: UnixTime(unix.0 - 10),
                     not_after: UnixTime(unix.0 + 3600),
                     static_public: PublicKey::from(&secret).to_bytes(),
-                    vip4: "100.64.0.1".parse().unwrap(),
-                    vip6: "fd00::1".parse().unwrap(),
+                    // Distinct addresses, so that the address index is measured too.
+                    vip4: Ipv4Addr::from(0x6440_0000 + i as u32),
+                    vip6: Ipv6Addr::from((0xfd00_u128 << 112) | i as u128),
                     fqdn: Fqdn::new(&format!("node-{i:06}.site.example.cyphonic")).unwrap(),
                 }
                 .sign(&cloud);

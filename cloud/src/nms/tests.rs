@@ -2,7 +2,7 @@
 //! proto's `Signaling` (what `cyphonicd` uses).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -326,6 +326,33 @@ fn credential_for(
     fqdn: &str,
     not_after_secs: u64,
 ) -> SignedCredential {
+    let (vip4, vip6) = virtual_addresses(node.0[0]);
+    credential_with(
+        signer,
+        node,
+        static_public,
+        fqdn,
+        not_after_secs,
+        (vip4, vip6),
+    )
+}
+
+/// The virtual addresses `credential_for` gives node `seed`: 100.64.0.seed, fd00::seed.
+fn virtual_addresses(seed: u8) -> (Ipv4Addr, Ipv6Addr) {
+    (
+        Ipv4Addr::new(100, 64, 0, seed),
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(seed)),
+    )
+}
+
+fn credential_with(
+    signer: &SigningKey,
+    node: NodeId,
+    static_public: [u8; 32],
+    fqdn: &str,
+    not_after_secs: u64,
+    (vip4, vip6): (Ipv4Addr, Ipv6Addr),
+) -> SignedCredential {
     let now = unix_now();
     Credential {
         cloud_key_id: CloudKeyId::of(&signer.verifying_key()),
@@ -333,8 +360,8 @@ fn credential_for(
         not_before: UnixTime(now.0 - 10),
         not_after: UnixTime(now.0 + not_after_secs),
         static_public,
-        vip4: Ipv4Addr::new(100, 64, 0, node.0[0]),
-        vip6: "fd00::1".parse().unwrap(),
+        vip4,
+        vip6,
         fqdn: Fqdn::new(fqdn).unwrap(),
     }
     .sign(signer)
@@ -568,6 +595,21 @@ impl Node {
         })
         .await
     }
+
+    async fn direction_by_address(&mut self, target: impl Into<IpAddr>) -> u32 {
+        self.request(SignalMessage::DirectionRequestByAddress {
+            target: target.into(),
+        })
+        .await
+    }
+
+    fn vip4(&self) -> Ipv4Addr {
+        self.credential.credential().vip4
+    }
+
+    fn vip6(&self) -> Ipv6Addr {
+        self.credential.credential().vip6
+    }
 }
 
 fn encode(request_id: u32, message: SignalMessage) -> Vec<u8> {
@@ -797,12 +839,24 @@ async fn policy_can_deny() {
     let (mut a, mut b) = registered_pair(&cloud).await;
     let id = a.direction("b.test.cyphonic").await;
     assert_eq!(status_of(&a.reply(id).await), StatusCode::FORBIDDEN);
+    // By address, the rule for b's name applies just the same.
+    let id = a.direction_by_address(b.vip4()).await;
+    assert_eq!(status_of(&a.reply(id).await), StatusCode::FORBIDDEN);
+    let id = a.direction_by_address(b.vip6()).await;
+    assert_eq!(status_of(&a.reply(id).await), StatusCode::FORBIDDEN);
     assert!(
         b.push(Duration::from_millis(200)).await.is_none(),
         "no push"
     );
+    assert_eq!(cloud.directions("forbidden"), 3);
     // The other way is allowed by the second rule.
     let id = b.direction("a.test.cyphonic").await;
+    confirm(&mut a, StatusCode::SUCCESS).await;
+    assert!(matches!(
+        b.reply(id).await,
+        SignalMessage::RouteDirectionToInitiator { .. }
+    ));
+    let id = b.direction_by_address(a.vip4()).await;
     confirm(&mut a, StatusCode::SUCCESS).await;
     assert!(matches!(
         b.reply(id).await,
@@ -1256,4 +1310,173 @@ async fn nat_rebinding_updates_the_observed_endpoint() {
         panic!("expected a route");
     };
     assert_eq!(peer.observed, vec![new_addr]);
+}
+
+#[tokio::test]
+async fn directions_by_virtual_address() {
+    let cloud = Cloud::start(config()).await;
+    cloud.store.add(NodeId([9; 16]), "c.test.cyphonic");
+    let (mut a, mut b) = registered_pair(&cloud).await;
+
+    // By IPv4 and by IPv6 address: answered on both sides like a request by name.
+    for target in [IpAddr::V4(b.vip4()), IpAddr::V6(b.vip6())] {
+        let id = a.direction_by_address(target).await;
+        let push = confirm(&mut b, StatusCode::SUCCESS).await;
+        let (push_direction, for_b) = route_to_responder(&push);
+        assert_eq!(for_b.credential, a.credential);
+        assert_eq!(for_b.real, vec![a.addr()]);
+        let SignalMessage::RouteDirectionToInitiator {
+            direction_id,
+            peer: for_a,
+        } = a.reply(id).await
+        else {
+            panic!("expected RouteDirectionToInitiator for {target}");
+        };
+        assert_eq!(direction_id, push_direction);
+        assert_eq!(for_a.credential, b.credential);
+        assert_eq!(for_a.real, vec![b.addr()]);
+        assert_eq!(*for_a.punch_key, *for_b.punch_key);
+    }
+    assert_eq!(cloud.directions("ok"), 2);
+
+    // A retransmission after the answer gets the same bytes and starts nothing.
+    a.request_with_id(
+        500,
+        SignalMessage::DirectionRequestByAddress {
+            target: IpAddr::V4(b.vip4()),
+        },
+    )
+    .await;
+    confirm(&mut b, StatusCode::SUCCESS).await;
+    let answer = a.reply_raw(500, Duration::from_secs(2)).await.unwrap();
+    a.request_with_id(
+        500,
+        SignalMessage::DirectionRequestByAddress {
+            target: IpAddr::V4(b.vip4()),
+        },
+    )
+    .await;
+    assert_eq!(
+        a.reply_raw(500, Duration::from_secs(2)).await.unwrap(),
+        answer
+    );
+    assert!(
+        b.push(Duration::from_millis(200)).await.is_none(),
+        "no second push"
+    );
+    assert_eq!(cloud.directions("ok"), 3);
+
+    // Nobody online has it: NOT_FOUND, also for a device the store knows but that is
+    // offline (c would have 100.64.0.9), and fast (no store lookup).
+    let started = Instant::now();
+    for target in [
+        IpAddr::V4(Ipv4Addr::new(100, 64, 0, 200)),
+        IpAddr::V4(virtual_addresses(9).0),
+        IpAddr::V6(virtual_addresses(9).1),
+    ] {
+        let id = a.direction_by_address(target).await;
+        let SignalMessage::Status(report) = a.reply(id).await else {
+            panic!("expected a status for {target}");
+        };
+        assert_eq!(report.status, StatusCode::NOT_FOUND);
+        assert_eq!(report.message, "no online node has this address");
+    }
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(cloud.directions("not_found"), 3);
+
+    // Its own addresses: refused like its own name.
+    for target in [IpAddr::V4(a.vip4()), IpAddr::V6(a.vip6())] {
+        let id = a.direction_by_address(target).await;
+        assert_eq!(status_of(&a.reply(id).await), StatusCode::FORBIDDEN);
+    }
+    // A node that did not register may not ask, whatever the address.
+    let mut d = Node::new(cloud.v4, 4, "d.test.cyphonic").await;
+    let id = d.direction_by_address(b.vip4()).await;
+    assert_eq!(status_of(&d.reply(id).await), StatusCode::FORBIDDEN);
+    assert_eq!(cloud.directions("forbidden"), 3);
+    assert!(b.push(Duration::from_millis(200)).await.is_none());
+}
+
+#[tokio::test]
+async fn the_address_index_follows_registration_and_removal() {
+    let cloud = Cloud::start(config()).await;
+    let (mut a, mut b) = registered_pair(&cloud).await;
+    let (old4, old6) = (b.vip4(), b.vip6());
+
+    // b registers again with a credential carrying other addresses.
+    let new4 = Ipv4Addr::new(100, 64, 1, 2);
+    let new6: Ipv6Addr = "fd00::1:2".parse().unwrap();
+    let renewed = credential_with(
+        &cloud_key(),
+        b.id,
+        b.credential.credential().static_public,
+        "b.test.cyphonic",
+        7200,
+        (new4, new6),
+    );
+    b.register_with(renewed.clone(), vec![b.addr()]).await;
+    for old in [IpAddr::V4(old4), IpAddr::V6(old6)] {
+        let id = a.direction_by_address(old).await;
+        assert_eq!(status_of(&a.reply(id).await), StatusCode::NOT_FOUND);
+    }
+    for new in [IpAddr::V4(new4), IpAddr::V6(new6)] {
+        let id = a.direction_by_address(new).await;
+        confirm(&mut b, StatusCode::SUCCESS).await;
+        let SignalMessage::RouteDirectionToInitiator { peer, .. } = a.reply(id).await else {
+            panic!("expected a route to {new}");
+        };
+        assert_eq!(peer.credential, renewed);
+    }
+
+    // A newer node registering under b's name takes the name and the addresses of b
+    // with it: the new node's are found, b's are not.
+    let mut b2 = Node::new(cloud.v4, 5, "b.test.cyphonic").await;
+    b2.register().await;
+    assert_eq!(cloud.nodes(), 2);
+    let id = a.direction_by_address(new4).await;
+    assert_eq!(status_of(&a.reply(id).await), StatusCode::NOT_FOUND);
+    let id = a.direction_by_address(b2.vip4()).await;
+    confirm(&mut b2, StatusCode::SUCCESS).await;
+    assert!(matches!(
+        a.reply(id).await,
+        SignalMessage::RouteDirectionToInitiator { .. }
+    ));
+
+    // Finalization removes the node from the index.
+    let id = b2.request(SignalMessage::FinalizationRequest).await;
+    assert_eq!(b2.reply(id).await, SignalMessage::FinalizationResponse);
+    let id = a.direction_by_address(b2.vip6()).await;
+    assert_eq!(status_of(&a.reply(id).await), StatusCode::NOT_FOUND);
+
+    // So does revocation.
+    let mut c = Node::new(cloud.v4, 3, "c.test.cyphonic").await;
+    c.register().await;
+    cloud.ctx.revoked.extend([c.id]);
+    cloud.wait_for("c dropped", |cl| cl.nodes() == 1).await;
+    let id = a.direction_by_address(c.vip4()).await;
+    assert_eq!(status_of(&a.reply(id).await), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn expired_presences_leave_the_address_index() {
+    let mut config = config();
+    config.services.nms.presence_ttl_secs = 1;
+    let cloud = Cloud::start(config).await;
+    let (mut a, b) = registered_pair(&cloud).await;
+    // a keeps alive, b goes quiet.
+    for seq in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(matches!(
+            a.keepalive(seq).await,
+            SignalMessage::KeepAliveAck { .. }
+        ));
+    }
+    cloud
+        .wait_for("b's presence to expire", |c| {
+            c.counter("cyphonic_nms_expired_total", &[]) == 1
+        })
+        .await;
+    assert_eq!(cloud.nodes(), 1);
+    let id = a.direction_by_address(b.vip4()).await;
+    assert_eq!(status_of(&a.reply(id).await), StatusCode::NOT_FOUND);
 }

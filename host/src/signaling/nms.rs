@@ -2,7 +2,7 @@
 //! channel that also carries the NMS's pushes.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cyphonic_proto::channel::{ChannelClient, Established, Purpose, Service, Signaling};
@@ -166,6 +166,29 @@ impl NmsClient {
             .request(Outgoing::Message(SignalMessage::DirectionRequest {
                 target,
             }))
+            .await?
+        {
+            SignalMessage::RouteDirectionToInitiator { direction_id, peer } => {
+                Ok((direction_id, *peer))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks for a route to the node whose virtual address is `target` (IPv4 or IPv6),
+    /// for a packet to an overlay address that came without a name lookup first. Only
+    /// online nodes are found by address: an unknown address and an offline node's
+    /// both come back as `SignalingError::Status` with `NOT_FOUND`; other refusals as
+    /// for [`Self::direction`].
+    pub async fn direction_by_address(
+        &self,
+        target: IpAddr,
+    ) -> Result<([u8; 16], PeerRoute), SignalingError> {
+        match self
+            .link
+            .request(Outgoing::Message(
+                SignalMessage::DirectionRequestByAddress { target },
+            ))
             .await?
         {
             SignalMessage::RouteDirectionToInitiator { direction_id, peer } => {

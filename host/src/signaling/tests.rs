@@ -370,6 +370,20 @@ async fn nms_requests_pushes_and_confirmations() {
                     peer: route_to(&push_cloud, "nas.bob.cyphonic"),
                 },
             )],
+            SignalMessage::DirectionRequestByAddress { target }
+                if *target == "100.64.0.7".parse::<std::net::IpAddr>().unwrap() =>
+            {
+                vec![reply(
+                    request,
+                    SignalMessage::RouteDirectionToInitiator {
+                        direction_id: [5; 16],
+                        peer: route_to(&push_cloud, "tv.bob.cyphonic"),
+                    },
+                )]
+            }
+            SignalMessage::DirectionRequestByAddress { .. } => {
+                vec![reply(request, status(StatusCode::NOT_FOUND))]
+            }
             SignalMessage::RouteDirectionConfirmation { .. } => {
                 // Pretend the first confirmation was lost: push again, once.
                 if counted.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -432,6 +446,21 @@ async fn nms_requests_pushes_and_confirmations() {
             .unwrap();
         assert_eq!(id, [4; 16]);
         assert_eq!(route.plan, PathPlan::Direct);
+
+        let (id, route) = nms
+            .direction_by_address("100.64.0.7".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(id, [5; 16]);
+        assert_eq!(
+            route.credential.credential().fqdn.as_str(),
+            "tv.bob.cyphonic"
+        );
+        let err = nms
+            .direction_by_address("fd00::99".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
         nms.finalize().await.unwrap();
         assert!(matches!(nms.keepalive().await, Err(SignalingError::Closed)));
         // The repeated pushes produced one event only.

@@ -13,7 +13,8 @@
 //!   `LoginResponse`.
 //! - presence: `RegistrationRequest` -> `RegistrationResponse`, then `KeepAlive` ->
 //!   `KeepAliveAck`; `AddressUpdate` -> `AddressUpdateAck` after a move (NMS).
-//! - direction: initiator `DirectionRequest` -> NMS; NMS `RouteDirectionToResponder`
+//! - direction: initiator `DirectionRequest` (by name) or `DirectionRequestByAddress`
+//!   (by virtual IP address) -> NMS; NMS `RouteDirectionToResponder`
 //!   -> responder; responder `RouteDirectionConfirmation` (same request id) -> NMS; NMS
 //!   `RouteDirectionToInitiator` (the initiator's request id) -> initiator, or `Status`
 //!   when the target is unknown, offline, forbidden or refused.
@@ -23,7 +24,7 @@
 //! (emit refuses, it never truncates). Optional fields carry a presence byte (0 or 1).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use zeroize::Zeroizing;
 
@@ -61,13 +62,14 @@ pub enum SignalType {
     RouteDirectionToResponder = 0x21,
     RouteDirectionConfirmation = 0x22,
     RouteDirectionToInitiator = 0x23,
+    DirectionRequestByAddress = 0x24,
     FinalizationRequest = 0x30,
     FinalizationResponse = 0x31,
     Status = 0x7f,
 }
 
 impl SignalType {
-    pub const ALL: [SignalType; 16] = [
+    pub const ALL: [SignalType; 17] = [
         Self::LoginRequest,
         Self::LoginResponse,
         Self::RenewRequest,
@@ -81,6 +83,7 @@ impl SignalType {
         Self::RouteDirectionToResponder,
         Self::RouteDirectionConfirmation,
         Self::RouteDirectionToInitiator,
+        Self::DirectionRequestByAddress,
         Self::FinalizationRequest,
         Self::FinalizationResponse,
         Self::Status,
@@ -195,6 +198,12 @@ pub enum SignalMessage {
     /// Initiator -> NMS: "I want to talk to `target`".
     DirectionRequest {
         target: Fqdn,
+    },
+    /// Initiator -> NMS: "I want to talk to the node whose virtual address is `target`"
+    /// (a packet to an overlay address needs no name lookup first). Answered exactly
+    /// like [`DirectionRequest`](Self::DirectionRequest) for that node's name.
+    DirectionRequestByAddress {
+        target: IpAddr,
     },
     /// NMS -> responder: who wants to talk to you and how to reach them.
     RouteDirectionToResponder {
@@ -379,6 +388,7 @@ impl SignalMessage {
             Self::AddressUpdate { .. } => SignalType::AddressUpdate,
             Self::AddressUpdateAck { .. } => SignalType::AddressUpdateAck,
             Self::DirectionRequest { .. } => SignalType::DirectionRequest,
+            Self::DirectionRequestByAddress { .. } => SignalType::DirectionRequestByAddress,
             Self::RouteDirectionToResponder { .. } => SignalType::RouteDirectionToResponder,
             Self::RouteDirectionConfirmation { .. } => SignalType::RouteDirectionConfirmation,
             Self::RouteDirectionToInitiator { .. } => SignalType::RouteDirectionToInitiator,
@@ -422,6 +432,9 @@ impl SignalRepr {
                 observed: read_optional_endpoint(&mut r)?,
             },
             SignalType::DirectionRequest => SignalMessage::DirectionRequest { target: r.fqdn()? },
+            SignalType::DirectionRequestByAddress => SignalMessage::DirectionRequestByAddress {
+                target: read_ip(&mut r)?,
+            },
             SignalType::RouteDirectionToResponder => SignalMessage::RouteDirectionToResponder {
                 direction_id: r.array()?,
                 peer: Box::new(PeerRoute::read(&mut r)?),
@@ -460,6 +473,7 @@ impl SignalRepr {
                 SignalMessage::AddressUpdate { endpoints } => endpoints_len(endpoints),
                 SignalMessage::AddressUpdateAck { observed } => optional_endpoint_len(observed),
                 SignalMessage::DirectionRequest { target } => target.wire_len(),
+                SignalMessage::DirectionRequestByAddress { target } => ip_len(target),
                 SignalMessage::RouteDirectionToResponder { peer, .. }
                 | SignalMessage::RouteDirectionToInitiator { peer, .. } => 16 + peer.wire_len(),
                 SignalMessage::RouteDirectionConfirmation { .. } => 16 + StatusCode::LEN,
@@ -501,6 +515,7 @@ impl SignalRepr {
                 write_optional_endpoint(&mut w, observed)?;
             }
             SignalMessage::DirectionRequest { target } => w.fqdn(target)?,
+            SignalMessage::DirectionRequestByAddress { target } => write_ip(&mut w, target)?,
             SignalMessage::RouteDirectionToResponder { direction_id, peer }
             | SignalMessage::RouteDirectionToInitiator { direction_id, peer } => {
                 w.bytes(direction_id)?;
@@ -734,6 +749,36 @@ fn optional_endpoint_len(endpoint: &Option<SocketAddr>) -> usize {
     1 + endpoint.as_ref().map_or(0, endpoint_len)
 }
 
+/// An IP address without a port: family byte (4 or 6), then 4 or 16 address bytes. The
+/// shared `endpoint` codec carries a port, which a bare address has no use for.
+fn read_ip(r: &mut Reader<'_>) -> Result<IpAddr, WireError> {
+    match r.u8()? {
+        4 => Ok(IpAddr::V4(r.ipv4()?)),
+        6 => Ok(IpAddr::V6(r.ipv6()?)),
+        _ => Err(WireError::Malformed("address family")),
+    }
+}
+
+fn write_ip(w: &mut Writer<'_>, ip: &IpAddr) -> Result<(), WireError> {
+    match ip {
+        IpAddr::V4(a) => {
+            w.u8(4)?;
+            w.bytes(&a.octets())
+        }
+        IpAddr::V6(a) => {
+            w.u8(6)?;
+            w.bytes(&a.octets())
+        }
+    }
+}
+
+fn ip_len(ip: &IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(_) => 1 + 4,
+        IpAddr::V6(_) => 1 + 16,
+    }
+}
+
 fn is_device_id_char(c: char) -> bool {
     c.is_ascii_graphic()
 }
@@ -941,6 +986,12 @@ mod tests {
             SignalMessage::DirectionRequest {
                 target: Fqdn::new("nas.bob.cyphonic").unwrap(),
             },
+            SignalMessage::DirectionRequestByAddress {
+                target: "100.64.0.7".parse().unwrap(),
+            },
+            SignalMessage::DirectionRequestByAddress {
+                target: "fd00::7".parse().unwrap(),
+            },
             SignalMessage::RouteDirectionToResponder {
                 direction_id: [6; 16],
                 peer: route(PathPlan::HolePunch, None),
@@ -1019,6 +1070,45 @@ mod tests {
             emit_err(status("a\nb".into())),
             WireError::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn direction_by_address_layout_and_rules() {
+        let v4 = round_trip(SignalMessage::DirectionRequestByAddress {
+            target: "100.64.0.7".parse().unwrap(),
+        });
+        assert_eq!(v4, [0x24, 0xde, 0xad, 0xbe, 0xef, 4, 100, 64, 0, 7]);
+        let v6 = round_trip(SignalMessage::DirectionRequestByAddress {
+            target: "fd00::7".parse().unwrap(),
+        });
+        assert_eq!(&v6[..7], &[0x24, 0xde, 0xad, 0xbe, 0xef, 6, 0xfd]);
+        assert_eq!(v6.len(), 5 + 1 + 16);
+        assert_eq!(v6[21], 7);
+
+        let parse = |bytes: &[u8]| SignalRepr::parse(&SignalPacket::new_checked(bytes).unwrap());
+        let mut trailing = v4.clone();
+        trailing.push(0);
+        assert_eq!(parse(&trailing), Err(WireError::TrailingBytes(1)));
+        assert_eq!(parse(&v4[..v4.len() - 1]), Err(WireError::Truncated));
+        assert_eq!(parse(&v6[..v6.len() - 1]), Err(WireError::Truncated));
+        assert_eq!(parse(&v4[..5]), Err(WireError::Truncated));
+        // An IPv4 family byte in front of 16 bytes leaves 12 over; an IPv6 one in front
+        // of 4 bytes is short; any other family is malformed.
+        let mut v4_family = v6.clone();
+        v4_family[5] = 4;
+        assert_eq!(parse(&v4_family), Err(WireError::TrailingBytes(12)));
+        let mut v6_family = v4.clone();
+        v6_family[5] = 6;
+        assert_eq!(parse(&v6_family), Err(WireError::Truncated));
+        for family in [0, 5, 41, 0xff] {
+            let mut bad = v4.clone();
+            bad[5] = family;
+            assert_eq!(
+                parse(&bad),
+                Err(WireError::Malformed("address family")),
+                "{family}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,1056 @@
+//! The daemon's runtime: brings a logged-in node up (interface, data path, resolver,
+//! registration), keeps it up (keepalives, renewals, directions asked by the resolver
+//! and by the data path, directions pushed by the NMS), answers the control API, and
+//! takes everything down again in reverse order.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, anyhow};
+use cyphonic_host::config::{self, NodeConfig, SystemDnsMode};
+use cyphonic_host::control::{
+    self, CloudStatus, NodeState, NodeStatus, PingReport, Request, Resolved, Response,
+};
+use cyphonic_host::packet::{DataPlane, PathKind, PeerPlacement};
+use cyphonic_host::plugins::PluginSet;
+use cyphonic_host::resolver::system::{SystemDns, SystemDnsMode as SystemMode};
+use cyphonic_host::resolver::{
+    self, OverlayAddrs, OverlayError, OverlayResolver, OwnName, Resolver, ResolverConfig,
+    ResolverHandle,
+};
+use cyphonic_host::signaling::{AuthClient, NmsClient, NmsEvent, SignalingError};
+use cyphonic_host::state::{StateDir, StoredCredential};
+use cyphonic_plugin_abi::VifSettings;
+use cyphonic_proto::credential::Credential;
+use cyphonic_proto::time::UnixTime;
+use cyphonic_proto::tunnel::{Endpoint, LocalIdentity, PeerId, TunnelConfig};
+use cyphonic_proto::wire::Fqdn;
+use cyphonic_proto::wire::signal::{MAX_ENDPOINTS, PathPlan, PeerRoute};
+use cyphonic_proto::wire::status::StatusCode;
+use ed25519_dalek::VerifyingKey;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use x25519_dalek::StaticSecret;
+
+/// How often the daemon looks for a credential while it waits for a login.
+const LOGIN_POLL: Duration = Duration::from_secs(2);
+/// Keepalive interval until the NMS names its own.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
+/// How long `cyphonic resolve` and `cyphonic ping` wait for a direction and handshake.
+const CLI_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the NMS gets to answer a logout on the way down.
+const FINALIZE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(crate) async fn run(config_path: PathBuf, config: NodeConfig) -> anyhow::Result<()> {
+    let preference = config
+        .suite_ids()
+        .map_err(|e| anyhow!("tunnel.suites: {e}"))?;
+    let plugins = PluginSet::load(
+        &config.plugins.interface,
+        &config.plugins.crypto,
+        &preference,
+    )
+    .context("loading plugins")?;
+    for info in plugins.infos() {
+        tracing::info!(kind = %info.kind, name = %info.name, version = %info.version, path = %info.path, "plugin loaded");
+    }
+    let cloud_key = config.cloud_key().map_err(|e| anyhow!("cloud.key: {e}"))?;
+    let state = StateDir::new(&config.state_dir);
+    let static_secret = state.node_key().context("reading the node key")?;
+    if config.resolver.system != SystemDnsMode::None {
+        resolver::system::recover_after_crash(&config.state_dir, &config.resolver.resolv_conf)
+            .context("restoring the system DNS configuration left by an earlier run")?;
+    }
+    let node = Arc::new(Node {
+        config,
+        config_path,
+        state,
+        plugins,
+        cloud_key,
+        static_secret,
+        inner: Mutex::new(Inner::default()),
+        login_changed: Notify::new(),
+        session_end: Notify::new(),
+    });
+    let control_task = control::serve(
+        &node.config.control.socket,
+        Arc::clone(&node) as Arc<dyn control::Handler>,
+    )
+    .context("opening the control socket")?;
+    tracing::info!(socket = %node.config.control.socket.display(), config = %node.config_path.display(), "cyphonicd started");
+
+    let result = node.clone().lifecycle().await;
+    control_task.abort();
+    let _ = std::fs::remove_file(&node.config.control.socket);
+    result
+}
+
+/// The daemon: configuration, loaded plugins, and the running session when logged in.
+pub(crate) struct Node {
+    config: NodeConfig,
+    config_path: PathBuf,
+    state: StateDir,
+    plugins: PluginSet,
+    cloud_key: VerifyingKey,
+    static_secret: StaticSecret,
+    inner: Mutex<Inner>,
+    /// `cyphonic login` stored a credential, or `cyphonic logout` removed it.
+    login_changed: Notify,
+    /// Ends the running session (logout).
+    session_end: Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Option<NodeState>,
+    session: Option<Arc<Session>>,
+    last_error: Option<String>,
+}
+
+/// Everything that exists while the node is logged in and up.
+struct Session {
+    credential: Credential,
+    stored: Mutex<StoredCredential>,
+    domain: Fqdn,
+    dataplane: DataPlane,
+    nms: NmsClient,
+    socket_v6: bool,
+    ifname: String,
+    resolver_addrs: Mutex<Vec<SocketAddr>>,
+    resolver_stats: Mutex<Option<resolver::StatsHandle>>,
+    cloud: Mutex<CloudStatus>,
+    last_contact: Mutex<Option<Instant>>,
+}
+
+impl Node {
+    fn set_state(&self, state: NodeState) {
+        self.lock().state = Some(state);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn session(&self) -> Option<Arc<Session>> {
+        self.lock().session.clone()
+    }
+
+    fn note_error(&self, error: String) {
+        self.lock().last_error = Some(error);
+    }
+
+    /// Waits for a credential, runs a session until logout or a signal, repeats.
+    async fn lifecycle(self: Arc<Self>) -> anyhow::Result<()> {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?;
+        loop {
+            self.set_state(NodeState::WaitingForLogin);
+            let stored = tokio::select! {
+                stored = self.wait_for_credential() => stored?,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+            };
+            self.set_state(NodeState::Starting);
+            let started = tokio::select! {
+                s = self.clone().start_session(stored) => s,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+            };
+            let (session, mut running) = match started {
+                Ok(s) => s,
+                Err(e) => {
+                    // A node that cannot come up (cloud down, credential refused) keeps
+                    // trying rather than exiting: it is supervised either way, and the
+                    // control API stays up to tell why.
+                    tracing::error!("cannot bring the node up: {e:#}");
+                    self.note_error(format!("{e:#}"));
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                        _ = terminate.recv() => return Ok(()),
+                    }
+                }
+            };
+            self.set_state(NodeState::Running);
+            let stop_reason = tokio::select! {
+                _ = tokio::signal::ctrl_c() => Stop::Signal,
+                _ = terminate.recv() => Stop::Signal,
+                _ = self.session_end.notified() => Stop::Logout,
+            };
+            self.set_state(NodeState::Stopping);
+            self.lock().session = None;
+            // A logout has already told the NMS.
+            running
+                .stop(&session, matches!(stop_reason, Stop::Signal))
+                .await;
+            drop(session);
+            if matches!(stop_reason, Stop::Signal) {
+                tracing::info!("cyphonicd stopped");
+                return Ok(());
+            }
+            tracing::info!("logged out");
+        }
+    }
+
+    async fn wait_for_credential(&self) -> anyhow::Result<StoredCredential> {
+        let mut told = false;
+        loop {
+            if let Some(stored) = self.state.credential().context("reading the credential")? {
+                return Ok(stored);
+            }
+            if !told {
+                tracing::warn!(
+                    "no credential: log in with `cyphonic --config {} login`",
+                    self.config_path.display()
+                );
+                told = true;
+            }
+            tokio::select! {
+                _ = self.login_changed.notified() => {}
+                _ = tokio::time::sleep(LOGIN_POLL) => {}
+            }
+        }
+    }
+
+    fn as_addr(&self) -> anyhow::Result<SocketAddr> {
+        first_addr(&self.config.cloud.auth).context("resolving cloud.as")
+    }
+
+    /// Renews `stored` at the AS if it is due (or expired), and stores the result.
+    async fn renew_if_due(&self, stored: StoredCredential) -> anyhow::Result<StoredCredential> {
+        let now = unix_now().0;
+        if stored.renew_at() > now {
+            return Ok(stored);
+        }
+        self.renew(&stored).await
+    }
+
+    async fn renew(&self, stored: &StoredCredential) -> anyhow::Result<StoredCredential> {
+        let outcome = AuthClient::default()
+            .renew(
+                self.as_addr()?,
+                &self.cloud_key,
+                &self.static_secret,
+                &stored.credential,
+            )
+            .await
+            .context("renewing the credential at the AS")?;
+        let renewed = StoredCredential {
+            credential: outcome.credential,
+            domain: outcome.domain,
+            device_id: stored.device_id.clone(),
+            obtained_at: unix_now(),
+            renew_after_secs: outcome.renew_after.as_secs(),
+        };
+        self.state
+            .store_credential(&renewed)
+            .context("storing the renewed credential")?;
+        tracing::info!(
+            expires = renewed.credential.credential().not_after.0,
+            "credential renewed"
+        );
+        Ok(renewed)
+    }
+
+    fn identity(&self, stored: &StoredCredential) -> anyhow::Result<LocalIdentity> {
+        let identity = LocalIdentity::new(
+            self.static_secret.clone(),
+            stored.credential.clone(),
+            vec![self.cloud_key],
+            self.plugins.suites.clone(),
+        )
+        .context("building the node identity")?;
+        identity
+            .check_credential(unix_now())
+            .context("the stored credential is not valid for this node key and cloud")?;
+        Ok(identity)
+    }
+
+    /// Brings the node up with `stored`; returns the session and what to stop later.
+    async fn start_session(
+        self: Arc<Self>,
+        stored: StoredCredential,
+    ) -> anyhow::Result<(Arc<Session>, Running)> {
+        let stored = self.renew_if_due(stored).await?;
+        let identity = self.identity(&stored)?;
+        let credential = stored.credential.credential().clone();
+        tracing::info!(fqdn = %credential.fqdn, vip4 = %credential.vip4, vip6 = %credential.vip6, "logged in");
+
+        let cfg = &self.config;
+        let routes = if cfg.interface.routes.is_empty() {
+            config::default_routes(credential.vip6)
+        } else {
+            cfg.interface
+                .routes
+                .iter()
+                .map(|n| (n.network(), n.prefix_len()))
+                .collect()
+        };
+        let settings = VifSettings {
+            mtu: cfg.interface.mtu,
+            ifname: cfg.interface.name.clone(),
+            ipv4: Some((credential.vip4, 32)),
+            ipv6: Some((credential.vip6, 128)),
+            routes,
+            options: cfg.interface.options.clone(),
+        };
+        let vif = self.plugins.interface.open(&settings).with_context(|| {
+            format!(
+                "opening the virtual interface with {}",
+                self.plugins.interface.plugin().path().display()
+            )
+        })?;
+        let details = vif.info().context("reading the virtual interface")?;
+        tracing::info!(ifname = %details.ifname, mtu = details.mtu, "virtual interface up");
+
+        let socket = bind_data_socket(cfg.tunnel.listen_port, cfg.tunnel.socket_buffer_bytes)
+            .context("binding the tunnel socket")?;
+        let socket_v6 = socket.local_addr()?.is_ipv6();
+        let listen_port = socket.local_addr()?.port();
+        let endpoint = Endpoint::new(TunnelConfig::default(), identity);
+        let (needs_tx, needs_rx) = mpsc::unbounded_channel();
+        let dataplane = DataPlane::start(
+            vif,
+            socket,
+            endpoint,
+            (credential.vip4, credential.vip6),
+            details.mtu as usize,
+            needs_tx,
+        )
+        .context("starting the data path")?;
+
+        let nms_addr = first_addr(&cfg.cloud.nms).context("resolving cloud.nms")?;
+        let mut nms = NmsClient::connect(
+            nms_addr,
+            &self.cloud_key,
+            &self.static_secret,
+            stored.credential.clone(),
+        )
+        .await
+        .with_context(|| format!("connecting to the NMS at {nms_addr}"))?;
+        let events = nms
+            .events()
+            .ok_or_else(|| anyhow!("the NMS client gave no event stream"))?;
+        let endpoints = registration_endpoints(listen_port, &details.ifname, socket_v6);
+        let registration = nms
+            .register(endpoints.clone())
+            .await
+            .context("registering at the NMS")?;
+        tracing::info!(observed = ?registration.observed, endpoints = ?endpoints, "registered at the NMS");
+
+        let session = Arc::new(Session {
+            domain: stored.domain.clone(),
+            stored: Mutex::new(stored),
+            credential: credential.clone(),
+            dataplane,
+            nms,
+            socket_v6,
+            ifname: details.ifname.clone(),
+            resolver_addrs: Mutex::new(Vec::new()),
+            resolver_stats: Mutex::new(None),
+            cloud: Mutex::new(CloudStatus {
+                nms: Some(nms_addr),
+                registered: true,
+                last_contact_secs: Some(0),
+                observed: registration.observed,
+            }),
+            last_contact: Mutex::new(Some(Instant::now())),
+        });
+        self.lock().session = Some(Arc::clone(&session));
+        self.lock().last_error = None;
+
+        let mut running = Running::default();
+        let (resolver, system_dns) = self
+            .start_resolver(&session)
+            .await
+            .context("starting the resolver")?;
+        running.resolver = Some(resolver);
+        running.system_dns = system_dns;
+
+        let keepalive = Duration::from_secs(u64::from(registration.keepalive_secs.max(1)));
+        running.tasks.push(tokio::spawn(self.clone().keepalive_loop(
+            Arc::clone(&session),
+            keepalive,
+            endpoints,
+        )));
+        running.tasks.push(tokio::spawn(
+            self.clone().event_loop(Arc::clone(&session), events),
+        ));
+        running.tasks.push(tokio::spawn(
+            self.clone().needs_loop(Arc::clone(&session), needs_rx),
+        ));
+        running.tasks.push(tokio::spawn(
+            self.clone().renewal_loop(Arc::clone(&session)),
+        ));
+        Ok((session, running))
+    }
+
+    async fn start_resolver(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+    ) -> anyhow::Result<(ResolverHandle, Option<SystemDns>)> {
+        let cfg = &self.config.resolver;
+        let mut rc = ResolverConfig::new(session.domain.clone(), cfg.filter.clone());
+        rc.listen = if cfg.listen.is_empty() {
+            vec![SocketAddr::new(IpAddr::V4(session.credential.vip4), 53)]
+        } else {
+            cfg.listen.clone()
+        };
+        rc.upstreams = if cfg.upstreams.is_empty() {
+            resolver::system::system_nameservers(&self.config.state_dir, &cfg.resolv_conf)
+                .context("reading the system's nameservers")?
+        } else {
+            cfg.upstreams.clone()
+        };
+        rc.block_response = match cfg.block_response {
+            config::BlockResponse::Nxdomain => resolver::BlockResponse::NxDomain,
+            config::BlockResponse::Refused => resolver::BlockResponse::Refused,
+        };
+        rc.ttl_secs = cfg.ttl_secs;
+        rc.overlay_timeout = Duration::from_millis(cfg.overlay_timeout_ms);
+        rc.lua = cyphonic_host::lua::Limits {
+            memory_bytes: cfg.lua_memory_bytes,
+            instructions: cfg.lua_instruction_budget,
+        };
+        rc.own = Some(OwnName {
+            name: session.credential.fqdn.clone(),
+            addrs: OverlayAddrs {
+                ipv4: Some(session.credential.vip4),
+                ipv6: Some(session.credential.vip6),
+            },
+        });
+        let overlay = Arc::new(OverlayLookup {
+            node: Arc::clone(self),
+            session: Arc::downgrade(session),
+            deadline: rc.overlay_timeout,
+        });
+        let handle = Resolver::start(rc, overlay).await?;
+        let addrs = handle.local_addrs().to_vec();
+        *lock(&session.resolver_addrs) = addrs.clone();
+        *lock(&session.resolver_stats) = Some(handle.stats_handle());
+        let system = match (cfg.system, addrs.first()) {
+            (SystemDnsMode::None, _) | (_, None) => None,
+            (mode, Some(addr)) => Some(
+                SystemDns::install(
+                    match mode {
+                        SystemDnsMode::Auto | SystemDnsMode::None => SystemMode::Auto,
+                        SystemDnsMode::Resolved => SystemMode::Resolved,
+                        SystemDnsMode::ResolvConf => SystemMode::ResolvConf,
+                    },
+                    &session.ifname,
+                    addr.ip(),
+                    &session.domain,
+                    &cfg.resolv_conf,
+                    &self.config.state_dir,
+                )
+                .context("pointing the system DNS at the resolver")?,
+            ),
+        };
+        Ok((handle, system))
+    }
+
+    async fn keepalive_loop(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        interval: Duration,
+        endpoints: Vec<SocketAddr>,
+    ) {
+        let mut interval = interval;
+        loop {
+            tokio::time::sleep(interval).await;
+            match session.nms.keepalive().await {
+                Ok(ack) => {
+                    *lock(&session.last_contact) = Some(Instant::now());
+                    let mut cloud = lock(&session.cloud);
+                    cloud.registered = true;
+                    cloud.observed = Some(ack.observed);
+                }
+                Err(SignalingError::Status(report)) if report.status == StatusCode::OFFLINE => {
+                    tracing::info!("the NMS forgot this node; registering again");
+                    match session.nms.register(endpoints.clone()).await {
+                        Ok(r) => {
+                            interval = Duration::from_secs(u64::from(r.keepalive_secs.max(1)));
+                            *lock(&session.last_contact) = Some(Instant::now());
+                        }
+                        Err(e) => self.note_error(format!("registration failed: {e}")),
+                    }
+                }
+                Err(e) => {
+                    lock(&session.cloud).registered = false;
+                    tracing::warn!(error = %e, "keepalive to the NMS failed");
+                    self.note_error(format!("keepalive to the NMS failed: {e}"));
+                    interval = DEFAULT_KEEPALIVE.min(interval);
+                }
+            }
+        }
+    }
+
+    /// Directions the NMS pushes (someone wants to reach us) and channel changes.
+    async fn event_loop(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        mut events: mpsc::Receiver<NmsEvent>,
+    ) {
+        while let Some(event) = events.recv().await {
+            match event {
+                NmsEvent::RouteDirectionToResponder { direction_id, peer } => {
+                    let fqdn = peer.credential.credential().fqdn.clone();
+                    let status = match session.add_route(&peer) {
+                        Ok(_) => StatusCode::SUCCESS,
+                        Err(e) => {
+                            tracing::warn!(peer = %fqdn, error = %e, "refusing a direction");
+                            StatusCode::FORBIDDEN
+                        }
+                    };
+                    tracing::debug!(peer = %fqdn, ?status, "direction pushed by the NMS");
+                    if let Err(e) = session.nms.confirm(direction_id, status).await {
+                        tracing::warn!(error = %e, "confirming a direction failed");
+                    }
+                }
+                NmsEvent::ChannelLost => {
+                    lock(&session.cloud).registered = false;
+                    tracing::warn!("lost the channel to the NMS; reconnecting");
+                }
+                NmsEvent::Reconnected(_) => {
+                    tracing::info!("channel to the NMS re-established; registering again");
+                    let port = session
+                        .dataplane
+                        .local_addr()
+                        .map(|a| a.port())
+                        .unwrap_or(0);
+                    let endpoints =
+                        registration_endpoints(port, &session.ifname, session.socket_v6);
+                    match session.nms.register(endpoints).await {
+                        Ok(r) => {
+                            let mut cloud = lock(&session.cloud);
+                            cloud.registered = true;
+                            cloud.observed = r.observed;
+                            *lock(&session.last_contact) = Some(Instant::now());
+                        }
+                        Err(e) => self.note_error(format!("registration failed: {e}")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Destinations the data path has no peer for: ask the NMS by address.
+    async fn needs_loop(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        mut needs: mpsc::UnboundedReceiver<IpAddr>,
+    ) {
+        while let Some(vip) = needs.recv().await {
+            let session = Arc::clone(&session);
+            tokio::spawn(async move {
+                match session.nms.direction_by_address(vip).await {
+                    Ok((_, route)) => {
+                        if let Err(e) = session.add_route(&route) {
+                            tracing::warn!(%vip, error = %e, "route for a destination refused");
+                            session.dataplane.direction_failed(vip, true);
+                        }
+                    }
+                    Err(e) => {
+                        let unknown = e.status().is_some_and(|s| {
+                            matches!(
+                                s,
+                                StatusCode::NOT_FOUND | StatusCode::OFFLINE | StatusCode::FORBIDDEN
+                            )
+                        });
+                        tracing::debug!(%vip, error = %e, "no direction for a destination");
+                        session.dataplane.direction_failed(vip, unknown);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Renews the credential when due; presents the new one to the NMS and to new
+    /// handshakes.
+    async fn renewal_loop(self: Arc<Self>, session: Arc<Session>) {
+        loop {
+            let renew_at = lock(&session.stored).renew_at();
+            let wait = renew_at.saturating_sub(unix_now().0);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            let stored = lock(&session.stored).clone();
+            match self.renew(&stored).await {
+                Ok(renewed) => {
+                    match self.identity(&renewed) {
+                        Ok(identity) => session.dataplane.set_identity(identity),
+                        Err(e) => tracing::error!("renewed credential unusable: {e:#}"),
+                    }
+                    if let Err(e) = session
+                        .nms
+                        .update_credential(renewed.credential.clone())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "presenting the renewed credential to the NMS failed");
+                    }
+                    *lock(&session.stored) = renewed;
+                }
+                Err(e) => {
+                    tracing::warn!("credential renewal failed: {e:#}; retrying in 30 s");
+                    self.note_error(format!("{e:#}"));
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            }
+        }
+    }
+
+    /// Resolves an overlay name to a peer with a session (or at least a handshake
+    /// under way when the deadline comes first).
+    async fn connect_name(
+        &self,
+        session: &Session,
+        name: &Fqdn,
+        deadline: Instant,
+    ) -> Result<Option<(PeerId, Ipv4Addr, Ipv6Addr)>, OverlayError> {
+        if let Some((id, v4, v6, true)) = session.dataplane.peer_by_fqdn(name) {
+            return Ok(Some((id, v4, v6)));
+        }
+        let route = match session.nms.direction(name.clone()).await {
+            Ok((_, route)) => route,
+            Err(e) => {
+                return match e.status() {
+                    Some(StatusCode::NOT_FOUND | StatusCode::OFFLINE | StatusCode::FORBIDDEN) => {
+                        Ok(None)
+                    }
+                    Some(_) => Err(OverlayError::Failed(e.to_string())),
+                    None => Err(OverlayError::Unavailable(e.to_string())),
+                };
+            }
+        };
+        let (id, mut established) = session
+            .add_route(&route)
+            .map_err(|e| OverlayError::Failed(e.to_string()))?;
+        session.dataplane.ensure_session(id);
+        let c = route.credential.credential();
+        let has_session = |s: &Session| {
+            s.dataplane
+                .peer_by_fqdn(&c.fqdn)
+                .is_some_and(|(_, _, _, up)| up)
+        };
+        let wait = tokio::time::timeout_at(deadline.into(), async {
+            while !has_session(session) {
+                if established.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        if wait.await.is_err() {
+            tracing::debug!(peer = %c.fqdn, "handshake still under way at the deadline");
+        }
+        Ok(Some((id, c.vip4, c.vip6)))
+    }
+
+    fn status(&self) -> NodeStatus {
+        let inner = self.lock();
+        let session = inner.session.clone();
+        let mut status = NodeStatus {
+            state: inner.state.clone().unwrap_or(NodeState::Starting),
+            fqdn: None,
+            domain: None,
+            device_id: None,
+            vip4: None,
+            vip6: None,
+            credential_expires: None,
+            interface: None,
+            listen: None,
+            resolver: Vec::new(),
+            cloud: CloudStatus::default(),
+            plugins: self.plugins.infos(),
+            counters: Default::default(),
+            last_error: inner.last_error.clone(),
+        };
+        drop(inner);
+        if let Some(s) = session {
+            let stored = lock(&s.stored).clone();
+            let c = stored.credential.credential();
+            status.fqdn = Some(c.fqdn.to_string());
+            status.domain = Some(stored.domain.to_string());
+            status.device_id = Some(stored.device_id.clone());
+            status.vip4 = Some(c.vip4);
+            status.vip6 = Some(c.vip6);
+            status.credential_expires = Some(c.not_after.0);
+            status.interface = Some(s.ifname.clone());
+            status.listen = s.dataplane.local_addr().ok();
+            status.resolver = lock(&s.resolver_addrs).clone();
+            let mut cloud = lock(&s.cloud).clone();
+            cloud.last_contact_secs = lock(&s.last_contact).map(|t| t.elapsed().as_secs());
+            status.cloud = cloud;
+            for (k, v) in s.dataplane.counters().snapshot() {
+                status.counters.insert(k.to_owned(), v);
+            }
+            for (k, v) in tunnel_counters(&s.dataplane) {
+                status.counters.insert(k.to_owned(), v);
+            }
+            if let Some(stats) = lock(&s.resolver_stats).as_ref() {
+                for (k, v) in resolver_counters(&stats.snapshot()) {
+                    status.counters.insert(k.to_owned(), v);
+                }
+            }
+        }
+        status
+    }
+
+    /// The running session and the peer `name` names (qualified with the overlay
+    /// domain), set up for traffic; or the error answer for the CLI.
+    async fn peer_for_cli(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<Session>, Fqdn, PeerId, Ipv4Addr, Ipv6Addr), Response> {
+        let session = self.session().ok_or_else(not_running)?;
+        let name = qualify(name, &session.domain).map_err(|message| Response::Error { message })?;
+        let deadline = Instant::now() + CLI_LOOKUP_TIMEOUT;
+        match self.connect_name(&session, &name, deadline).await {
+            Ok(Some((id, v4, v6))) => Ok((session, name, id, v4, v6)),
+            Ok(None) => Err(Response::Error {
+                message: format!("{name}: no such node (NXDOMAIN)"),
+            }),
+            Err(e) => Err(Response::Error {
+                message: format!("{name}: {e}"),
+            }),
+        }
+    }
+
+    async fn resolve(&self, name: &str) -> Response {
+        let (session, name, _, v4, v6) = match self.peer_for_cli(name).await {
+            Ok(found) => found,
+            Err(answer) => return answer,
+        };
+        let peer = session.dataplane.peers().into_iter().find(|p| p.vip4 == v4);
+        Response::Resolved(Resolved {
+            name: name.to_string(),
+            vip4: Some(v4),
+            vip6: Some(v6),
+            path: peer.as_ref().map(|p| path_name(p.path)),
+            endpoint: peer.map(|p| p.endpoint),
+        })
+    }
+
+    async fn ping(&self, name: &str, count: u32, interval_ms: u64) -> Response {
+        let (session, name, id, v4, _) = match self.peer_for_cli(name).await {
+            Ok(found) => found,
+            Err(answer) => return answer,
+        };
+        let mut rtts = Vec::new();
+        for i in 0..count.clamp(1, 1000) {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(interval_ms.clamp(10, 10_000))).await;
+            }
+            let rtt = match session.dataplane.probe(id) {
+                Some(rx) => tokio::time::timeout(Duration::from_secs(2), rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => None,
+            };
+            rtts.push(rtt.map(|d| d.as_secs_f64() * 1000.0));
+        }
+        let peer = session.dataplane.peers().into_iter().find(|p| p.vip4 == v4);
+        match peer {
+            Some(p) => Response::Ping(PingReport {
+                name: name.to_string(),
+                vip4: v4,
+                path: path_name(p.path),
+                endpoint: p.endpoint,
+                rtts_ms: rtts,
+            }),
+            None => Response::Error {
+                message: format!("{name}: the peer went away"),
+            },
+        }
+    }
+
+    async fn logout(&self) -> Response {
+        if let Some(session) = self.session() {
+            match tokio::time::timeout(FINALIZE_TIMEOUT, session.nms.finalize()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "logout at the NMS failed"),
+                Err(_) => tracing::warn!("the NMS did not answer the logout"),
+            }
+        }
+        match self.state.remove_credential() {
+            Ok(_) => {
+                self.session_end.notify_one();
+                Response::Done {
+                    message: "logged out".into(),
+                }
+            }
+            Err(e) => Response::Error {
+                message: format!("removing the credential: {e}"),
+            },
+        }
+    }
+}
+
+impl control::Handler for Node {
+    fn handle(
+        &self,
+        request: Request,
+    ) -> Pin<Box<dyn std::future::Future<Output = Response> + Send + '_>> {
+        Box::pin(self.handle_request(request))
+    }
+}
+
+impl Node {
+    async fn handle_request(&self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Peers => match self.session() {
+                Some(s) => Response::Peers {
+                    peers: s.dataplane.peers(),
+                },
+                None => Response::Peers { peers: Vec::new() },
+            },
+            Request::Resolve { name } => self.resolve(&name).await,
+            Request::Ping {
+                name,
+                count,
+                interval_ms,
+            } => self.ping(&name, count, interval_ms).await,
+            Request::CredentialChanged => {
+                self.login_changed.notify_one();
+                Response::Done {
+                    message: "credential noted".into(),
+                }
+            }
+            Request::Logout => self.logout().await,
+        }
+    }
+}
+
+impl Session {
+    /// Adds (or updates) the peer a Route Direction describes.
+    fn add_route(&self, route: &PeerRoute) -> anyhow::Result<(PeerId, watch::Receiver<u64>)> {
+        let placement = placement(route, self.socket_v6)
+            .ok_or_else(|| anyhow!("the route offers no endpoint this node can reach"))?;
+        self.dataplane
+            .add_peer(route.credential.clone(), placement)
+            .map_err(|e| anyhow!("{e}"))
+    }
+}
+
+/// What a session started besides the data path, stopped in reverse order.
+#[derive(Default)]
+struct Running {
+    resolver: Option<ResolverHandle>,
+    system_dns: Option<SystemDns>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    async fn stop(&mut self, session: &Arc<Session>, finalize: bool) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(dns) = self.system_dns.take() {
+            if let Err(e) = dns.uninstall() {
+                tracing::error!("restoring the system DNS configuration: {e}");
+            }
+        }
+        if let Some(resolver) = self.resolver.take() {
+            resolver.shutdown().await;
+        }
+        if !finalize {
+            return;
+        }
+        match tokio::time::timeout(FINALIZE_TIMEOUT, session.nms.finalize()).await {
+            Ok(Ok(())) => tracing::info!("logged out of the NMS"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "NMS logout failed"),
+            Err(_) => tracing::debug!("the NMS did not answer the logout"),
+        }
+    }
+}
+
+enum Stop {
+    Signal,
+    Logout,
+}
+
+/// The overlay half of the resolver: names under the domain become peers.
+struct OverlayLookup {
+    node: Arc<Node>,
+    session: std::sync::Weak<Session>,
+    deadline: Duration,
+}
+
+impl OverlayResolver for OverlayLookup {
+    fn resolve(
+        &self,
+        name: Fqdn,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<Option<OverlayAddrs>, OverlayError>> + Send>>
+    {
+        let node = Arc::clone(&self.node);
+        let session = self.session.upgrade();
+        // Leave the resolver a little of its deadline to answer.
+        let deadline = Instant::now() + self.deadline.mul_f32(0.8);
+        Box::pin(async move {
+            let session =
+                session.ok_or_else(|| OverlayError::Unavailable("the node is stopping".into()))?;
+            let found = node.connect_name(&session, &name, deadline).await?;
+            Ok(found.map(|(_, v4, v6)| OverlayAddrs {
+                ipv4: Some(v4),
+                ipv6: Some(v6),
+            }))
+        })
+    }
+}
+
+/// Where to send to a peer, from its route: the real endpoints for direct and local
+/// plans, the NAT-observed ones first for hole punching. Endpoints of a family the
+/// socket cannot use are skipped.
+fn placement(route: &PeerRoute, socket_v6: bool) -> Option<PeerPlacement> {
+    let usable = |a: &&&SocketAddr| socket_v6 || a.is_ipv4();
+    let candidates: Vec<&SocketAddr> = match route.plan {
+        PathPlan::HolePunch => route.observed.iter().chain(&route.real).collect(),
+        PathPlan::Direct | PathPlan::Local | PathPlan::Relay => {
+            route.real.iter().chain(&route.observed).collect()
+        }
+    };
+    // Prefer the family the peer reaches the cloud with: it is the one that routes.
+    let family_v4 = route.observed.first().map(SocketAddr::is_ipv4);
+    let endpoint = candidates
+        .iter()
+        .filter(usable)
+        .find(|a| family_v4.is_none_or(|v4| a.is_ipv4() == v4))
+        .or_else(|| candidates.iter().find(usable))?;
+    Some(PeerPlacement {
+        endpoint: **endpoint,
+        path: PathKind::Direct,
+    })
+}
+
+/// Our real endpoints for the NMS: every address of every interface but loopback,
+/// link-local, the overlay interface itself, with the tunnel port.
+fn registration_endpoints(port: u16, overlay_ifname: &str, socket_v6: bool) -> Vec<SocketAddr> {
+    let addrs = cyphonic_host::sys::local_addresses().unwrap_or_default();
+    let mut out: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|a| a.ifname != overlay_ifname)
+        .map(|a| a.addr)
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified()),
+            IpAddr::V6(v6) => {
+                socket_v6
+                    && !(v6.is_loopback()
+                        || v6.is_unicast_link_local()
+                        || v6.is_unspecified()
+                        || v6.is_multicast())
+            }
+        })
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    out.sort_by_key(|a| a.is_ipv6());
+    out.dedup();
+    out.truncate(MAX_ENDPOINTS);
+    out
+}
+
+/// A dual-stack UDP socket on `port` (IPv4-only when the host has no IPv6).
+fn bind_data_socket(port: u16, buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let v6 = (|| {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(false)?;
+        s.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
+        Ok::<_, std::io::Error>(s)
+    })();
+    let socket = match v6 {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "no IPv6 socket; the tunnel uses IPv4 only");
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            s.bind(&SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port).into())?;
+            s
+        }
+    };
+    // Best effort: the kernel caps unprivileged sizes at net.core.*mem_max.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    Ok(socket.into())
+}
+
+fn tunnel_counters(dataplane: &DataPlane) -> Vec<(&'static str, u64)> {
+    let s = dataplane.tunnel_stats();
+    vec![
+        ("tunnel_data_sent", s.data_sent),
+        ("tunnel_data_received", s.data_received),
+        ("tunnel_handshakes_completed", s.handshakes_completed),
+        ("tunnel_handshake_timeouts", s.handshake_timeouts),
+        ("tunnel_dropped_total", s.dropped_total()),
+        ("tunnel_dropped_replay", s.dropped_replay),
+        ("tunnel_dropped_tampered", s.dropped_tampered),
+        ("tunnel_dropped_malformed", s.dropped_malformed),
+        ("tunnel_dropped_truncated", s.dropped_truncated),
+        ("tunnel_dropped_not_tunnel", s.dropped_not_tunnel),
+        ("tunnel_dropped_unknown_index", s.dropped_unknown_index),
+        ("tunnel_dropped_expired", s.dropped_expired),
+        ("tunnel_dropped_mac1", s.dropped_mac1),
+        ("tunnel_rejected_unknown_peer", s.rejected_unknown_peer),
+        ("tunnel_rejected_decrypt", s.rejected_decrypt),
+        ("tunnel_rejected_stale_request", s.rejected_stale_request),
+        ("tunnel_rejected_bad_credential", s.rejected_bad_credential),
+        ("tunnel_queue_dropped", s.queue_dropped),
+    ]
+}
+
+fn resolver_counters(s: &resolver::ResolverStats) -> Vec<(&'static str, u64)> {
+    vec![
+        ("resolver_received", s.received),
+        ("resolver_malformed", s.malformed),
+        ("resolver_dropped", s.dropped),
+        ("resolver_overlay", s.overlay),
+        ("resolver_forwarded", s.forwarded),
+        ("resolver_blocked", s.blocked),
+        ("resolver_script_errors", s.script_errors),
+        ("resolver_overlay_errors", s.overlay_errors),
+        ("resolver_overlay_timeouts", s.overlay_timeouts),
+        ("resolver_upstream_failures", s.upstream_failures),
+        ("resolver_nxdomain", s.nxdomain),
+        ("resolver_servfail", s.servfail),
+    ]
+}
+
+fn path_name(path: PathKind) -> String {
+    match path {
+        PathKind::Direct => "direct".into(),
+    }
+}
+
+fn not_running() -> Response {
+    Response::Error {
+        message: "the node is not up (run `cyphonic status`)".into(),
+    }
+}
+
+/// A bare host name gets the overlay domain appended.
+fn qualify(name: &str, domain: &Fqdn) -> Result<Fqdn, String> {
+    let name = name.trim_end_matches('.');
+    let full = if name.contains('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.{domain}")
+    };
+    Fqdn::new(&full).map_err(|e| format!("{name}: not a valid name: {e}"))
+}
+
+fn first_addr(text: &str) -> anyhow::Result<SocketAddr> {
+    let addrs = config::resolve_service(text).with_context(|| format!("resolving {text}"))?;
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("{text} resolves to no address"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_now() -> UnixTime {
+    UnixTime::from_system_time(SystemTime::now())
+}

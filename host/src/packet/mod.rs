@@ -1,0 +1,1147 @@
+//! The data path: the packet hook (batches from and to the virtual-interface plugin)
+//! and packet handling (the tunnel endpoint sealing and opening in place, batched UDP).
+//!
+//! Three threads, none of them async (firezone's shape: the TUN never waits for the
+//! runtime, the runtime never waits for the TUN):
+//! - **outbound**: reads a batch from the interface into one contiguous buffer of
+//!   fixed-size slots, seals every packet in its slot, and sends runs of full-size
+//!   datagrams to the same peer as one UDP GSO send (the slots are laid out so that a
+//!   sealed full-MTU packet fills its slot exactly and the run is contiguous);
+//! - **inbound**: receives batches (GRO-coalesced where the kernel does it), opens
+//!   each datagram in place, checks the replay window (inside `Endpoint::decapsulate`)
+//!   and that the inner source address is the sending node's own virtual address, and
+//!   writes the plaintexts to the interface as one batch;
+//! - **timer**: handshake retransmissions, keepalives, rekeys, expiry.
+//!
+//! All three share one [`Tunnel`] behind a mutex, taken once per batch and never
+//! across a system call on the hot path. Per-packet work does not allocate: the
+//! buffers, slot arrays and result tables are made once per thread.
+//!
+//! Destinations without a peer go to the signaling side as a "need" (the same
+//! Direction Request a DNS query makes); their first packets wait in a small queue.
+//! A destination the NMS does not know is answered with ICMP unreachable.
+
+mod ip;
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant, SystemTime};
+
+use cyphonic_plugin_abi::{Packet, VifHandle};
+use cyphonic_proto::credential::SignedCredential;
+use cyphonic_proto::time::UnixTime;
+use cyphonic_proto::tunnel::{
+    AddPeerError, Decapsulated, DropReason, Encapsulated, Endpoint, LocalIdentity, PeerEvent,
+    PeerId, TunnelStats,
+};
+use cyphonic_proto::wire::Fqdn;
+use cyphonic_proto::wire::data::{DATA_HEADER_LEN, DATA_OVERHEAD};
+use cyphonic_proto::wire::handshake::MAX_HANDSHAKE_LEN;
+use cyphonic_proto::wire::node::{ControlPacket, ControlRepr};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use rand_core::OsRng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Packets per interface read.
+const TUN_BATCH: usize = 64;
+/// Receive buffers per UDP batch; each holds one (possibly GRO-coalesced) read.
+const UDP_BATCH: usize = 16;
+/// A GRO read is at most 64 KiB.
+const UDP_BUF: usize = 1 << 16;
+/// Most datagrams one UDP batch can hold, GRO included.
+const MAX_DELIVER: usize = UDP_BATCH * 64;
+/// Largest UDP payload of one GSO send.
+const MAX_GSO_BYTES: usize = 65_000;
+/// How long the data threads sleep before looking at the stop flag again.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// Packets kept per destination while its direction is asked for.
+const MAX_PENDING_PACKETS: usize = 16;
+/// How long a destination the NMS does not know is answered from memory.
+const UNREACHABLE_MEMORY: Duration = Duration::from_secs(5);
+/// A direction that got no answer by then gives up its queued packets.
+const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the data path reaches a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    /// Straight to the peer's address.
+    Direct,
+}
+
+/// A peer as `cyphonic peers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    pub path: PathKind,
+    pub endpoint: SocketAddr,
+    /// The suite of the current send session, if any.
+    pub suite: Option<String>,
+    /// Unix seconds of the last completed handshake.
+    pub last_handshake: Option<u64>,
+    pub handshake_in_progress: bool,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+}
+
+/// Counters of the data path (the tunnel's own drop counters are in [`TunnelStats`]).
+#[derive(Debug, Default)]
+pub struct DataCounters {
+    pub tun_packets_read: AtomicU64,
+    pub tun_packets_written: AtomicU64,
+    pub udp_datagrams_received: AtomicU64,
+    pub udp_datagrams_sent: AtomicU64,
+    /// Inner packets to an address outside any peer that we do not ask about
+    /// (multicast, broadcast, not IP).
+    pub no_route: AtomicU64,
+    /// Decrypted packets whose inner source is not the sending node's address.
+    pub spoofed_source: AtomicU64,
+    pub icmp_unreachable_sent: AtomicU64,
+    pub pending_dropped: AtomicU64,
+    pub oversize: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub tun_errors: AtomicU64,
+    pub control_unhandled: AtomicU64,
+}
+
+impl DataCounters {
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("tun_packets_read", get(&self.tun_packets_read)),
+            ("tun_packets_written", get(&self.tun_packets_written)),
+            ("udp_datagrams_received", get(&self.udp_datagrams_received)),
+            ("udp_datagrams_sent", get(&self.udp_datagrams_sent)),
+            ("no_route", get(&self.no_route)),
+            ("spoofed_source", get(&self.spoofed_source)),
+            ("icmp_unreachable_sent", get(&self.icmp_unreachable_sent)),
+            ("pending_dropped", get(&self.pending_dropped)),
+            ("oversize", get(&self.oversize)),
+            ("send_errors", get(&self.send_errors)),
+            ("tun_errors", get(&self.tun_errors)),
+            ("control_unhandled", get(&self.control_unhandled)),
+        ]
+        .into_iter()
+        .collect()
+    }
+}
+
+/// Where a peer is, for the data path.
+#[derive(Debug, Clone)]
+pub struct PeerPlacement {
+    pub endpoint: SocketAddr,
+    pub path: PathKind,
+}
+
+/// The running data path.
+#[derive(Debug)]
+pub struct DataPlane {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    tunnel: Mutex<Tunnel>,
+    socket: UdpSocket,
+    udp: UdpSocketState,
+    /// Whether `socket` is an IPv6 socket (IPv4 peers are then sent to as mapped).
+    socket_v6: bool,
+    vif: VifHandle,
+    stop: AtomicBool,
+    timer: OnceLock<Thread>,
+    needs: mpsc::UnboundedSender<IpAddr>,
+    own4: Ipv4Addr,
+    own6: Ipv6Addr,
+    mtu: usize,
+    counters: DataCounters,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("socket", &self.socket.local_addr().ok())
+            .field("mtu", &self.mtu)
+            .finish_non_exhaustive()
+    }
+}
+
+struct PeerMeta {
+    fqdn: Fqdn,
+    vip4: Ipv4Addr,
+    vip6: Ipv6Addr,
+    placement: PeerPlacement,
+    last_handshake: Option<SystemTime>,
+    established: watch::Sender<u64>,
+    tx_bytes: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    rx_packets: u64,
+}
+
+struct Pending {
+    packets: Vec<Vec<u8>>,
+    since: Instant,
+}
+
+/// Everything the three data threads and the signaling side share.
+struct Tunnel {
+    endpoint: Endpoint,
+    by_vip: HashMap<IpAddr, PeerId>,
+    meta: Vec<Option<PeerMeta>>,
+    pending: HashMap<IpAddr, Pending>,
+    unreachable: HashMap<IpAddr, Instant>,
+    probes: HashMap<u64, (PeerId, Instant, oneshot::Sender<Duration>)>,
+    next_probe: u64,
+    /// Scratch for handshake messages and control answers.
+    scratch: Vec<u8>,
+}
+
+impl DataPlane {
+    /// Starts the data threads over an open interface and a bound UDP socket. `needs`
+    /// receives destinations that have no peer yet.
+    pub fn start(
+        vif: VifHandle,
+        socket: UdpSocket,
+        endpoint: Endpoint,
+        own: (Ipv4Addr, Ipv6Addr),
+        mtu: usize,
+        needs: mpsc::UnboundedSender<IpAddr>,
+    ) -> std::io::Result<Self> {
+        let socket_v6 = socket.local_addr()?.is_ipv6();
+        let udp = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        let shared = Arc::new(Shared {
+            tunnel: Mutex::new(Tunnel {
+                endpoint,
+                by_vip: HashMap::new(),
+                meta: Vec::new(),
+                pending: HashMap::new(),
+                unreachable: HashMap::new(),
+                probes: HashMap::new(),
+                next_probe: 1,
+                scratch: vec![0; MAX_HANDSHAKE_LEN.max(2048)],
+            }),
+            socket,
+            udp,
+            socket_v6,
+            vif,
+            stop: AtomicBool::new(false),
+            timer: OnceLock::new(),
+            needs,
+            own4: own.0,
+            own6: own.1,
+            mtu,
+            counters: DataCounters::default(),
+        });
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: fn(&Shared)| {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || f(&shared))
+        };
+        let timer = spawn("cyph-timer", timer_loop)?;
+        let _ = shared.timer.set(timer.thread().clone());
+        threads.push(timer);
+        threads.push(spawn("cyph-outbound", outbound_loop)?);
+        threads.push(spawn("cyph-inbound", inbound_loop)?);
+        Ok(Self { shared, threads })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.socket.local_addr()
+    }
+
+    pub fn counters(&self) -> &DataCounters {
+        &self.shared.counters
+    }
+
+    pub fn tunnel_stats(&self) -> TunnelStats {
+        self.shared.lock().endpoint.stats()
+    }
+
+    /// Adds the node of `credential` as a peer (or updates where it is), then sends
+    /// whatever waited for it. Returns its id and a receiver that ticks on every
+    /// completed handshake.
+    pub fn add_peer(
+        &self,
+        credential: SignedCredential,
+        placement: PeerPlacement,
+    ) -> Result<(PeerId, watch::Receiver<u64>), AddPeerError> {
+        let unix_now = unix_now();
+        let now = Instant::now();
+        let mut guard = self.shared.lock();
+        let t = &mut *guard;
+        let c = credential.credential().clone();
+        let id = match t.endpoint.add_peer(credential, unix_now) {
+            Ok(id) => id,
+            Err(AddPeerError::AlreadyKnown(id)) => id,
+            Err(e) => return Err(e),
+        };
+        // A virtual address that named another node before (a re-created device)
+        // now belongs to this one.
+        for vip in [IpAddr::V4(c.vip4), IpAddr::V6(c.vip6)] {
+            if let Some(old) = t.by_vip.insert(vip, id) {
+                if old != id {
+                    t.remove_peer(old);
+                }
+            }
+        }
+        let slot = id.index() as usize;
+        if t.meta.len() <= slot {
+            t.meta.resize_with(slot + 1, || None);
+        }
+        let meta = t.meta[slot].get_or_insert_with(|| PeerMeta {
+            fqdn: c.fqdn.clone(),
+            vip4: c.vip4,
+            vip6: c.vip6,
+            placement: placement.clone(),
+            last_handshake: None,
+            established: watch::Sender::new(0),
+            tx_bytes: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            rx_packets: 0,
+        });
+        meta.placement = placement;
+        let established = meta.established.subscribe();
+        for vip in [IpAddr::V4(c.vip4), IpAddr::V6(c.vip6)] {
+            t.unreachable.remove(&vip);
+            if let Some(pending) = t.pending.remove(&vip) {
+                for packet in pending.packets {
+                    self.shared.encapsulate_one(t, now, unix_now, id, &packet);
+                }
+            }
+        }
+        drop(guard);
+        self.shared.wake_timer();
+        Ok((id, established))
+    }
+
+    /// Starts a handshake with `id` unless a session or a handshake exists.
+    pub fn ensure_session(&self, id: PeerId) {
+        let now = Instant::now();
+        let mut guard = self.shared.lock();
+        let t = &mut *guard;
+        let Some(peer) = t.endpoint.peer_mut(id) else {
+            return;
+        };
+        if peer.send_session(now).is_some() || peer.handshake_in_progress() {
+            return;
+        }
+        let mut scratch = std::mem::take(&mut t.scratch);
+        let sent = peer.initiate_handshake(now, unix_now(), &mut OsRng, &mut scratch);
+        match sent {
+            Ok(len) => {
+                if let Some(dest) = t.destination(id) {
+                    self.shared.send_one(dest, &scratch[..len]);
+                }
+            }
+            Err(e) => tracing::warn!(peer = %id, error = %e, "cannot start a handshake"),
+        }
+        t.scratch = scratch;
+        drop(guard);
+        self.shared.wake_timer();
+    }
+
+    /// The peer owning a virtual address.
+    pub fn peer_by_vip(&self, vip: IpAddr) -> Option<PeerId> {
+        self.shared.lock().by_vip.get(&vip).copied()
+    }
+
+    /// The peer of a name, with a receiver of its handshakes.
+    pub fn peer_by_fqdn(&self, fqdn: &Fqdn) -> Option<(PeerId, Ipv4Addr, Ipv6Addr, bool)> {
+        let now = Instant::now();
+        let t = self.shared.lock();
+        t.meta.iter().enumerate().find_map(|(slot, m)| {
+            let m = m.as_ref().filter(|m| &m.fqdn == fqdn)?;
+            let id = *t.by_vip.get(&IpAddr::V4(m.vip4))?;
+            debug_assert_eq!(id.index() as usize, slot);
+            let has_session = t
+                .endpoint
+                .peer(id)
+                .is_some_and(|p| p.send_session(now).is_some());
+            Some((id, m.vip4, m.vip6, has_session))
+        })
+    }
+
+    /// The direction for `vip` failed; `unknown` when no node has the address (its
+    /// queued packets are answered with ICMP unreachable, and so is new traffic for a
+    /// few seconds).
+    pub fn direction_failed(&self, vip: IpAddr, unknown: bool) {
+        let mut guard = self.shared.lock();
+        let t = &mut *guard;
+        let Some(pending) = t.pending.remove(&vip) else {
+            if unknown {
+                t.unreachable
+                    .insert(vip, Instant::now() + UNREACHABLE_MEMORY);
+            }
+            return;
+        };
+        if unknown {
+            t.unreachable
+                .insert(vip, Instant::now() + UNREACHABLE_MEMORY);
+            drop(guard);
+            for packet in &pending.packets {
+                self.shared.answer_unreachable(packet);
+            }
+        } else {
+            self.shared
+                .counters
+                .pending_dropped
+                .fetch_add(pending.packets.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends an overlay-level probe to `id`; the receiver gets the round-trip time.
+    pub fn probe(&self, id: PeerId) -> Option<oneshot::Receiver<Duration>> {
+        let now = Instant::now();
+        let mut guard = self.shared.lock();
+        let t = &mut *guard;
+        let probe_id = t.next_probe;
+        t.next_probe += 1;
+        let (tx, rx) = oneshot::channel();
+        let mut body = [0u8; 32];
+        let len = ControlRepr::PathProbe {
+            probe_id,
+            path_tag: 0,
+        }
+        .emit(&mut body)
+        .ok()?;
+        t.probes
+            .retain(|_, (_, at, _)| now.duration_since(*at) < Duration::from_secs(30));
+        t.probes.insert(probe_id, (id, now, tx));
+        self.shared.send_control(t, now, id, &body[..len]);
+        Some(rx)
+    }
+
+    /// Presents a new identity (a renewed credential) from the next handshake on.
+    pub fn set_identity(&self, identity: LocalIdentity) {
+        self.shared.lock().endpoint.set_identity(identity);
+    }
+
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        let now = Instant::now();
+        let t = self.shared.lock();
+        t.meta
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, m)| {
+                let m = m.as_ref()?;
+                let id = *t.by_vip.get(&IpAddr::V4(m.vip4))?;
+                let peer = t.endpoint.peer(id)?;
+                debug_assert_eq!(id.index() as usize, slot);
+                Some(PeerStatus {
+                    fqdn: m.fqdn.to_string(),
+                    vip4: m.vip4,
+                    vip6: m.vip6,
+                    path: m.placement.path,
+                    endpoint: canonical(m.placement.endpoint),
+                    suite: peer.send_session(now).map(|s| s.suite().name().to_owned()),
+                    last_handshake: m.last_handshake.and_then(|t| {
+                        t.duration_since(SystemTime::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_secs())
+                    }),
+                    handshake_in_progress: peer.handshake_in_progress(),
+                    tx_bytes: m.tx_bytes,
+                    rx_bytes: m.rx_bytes,
+                    tx_packets: m.tx_packets,
+                    rx_packets: m.rx_packets,
+                })
+            })
+            .collect()
+    }
+
+    /// Stops the threads and returns the interface handle (closing it is dropping it).
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let _ = self.shared.vif.wake();
+        self.shared.wake_timer();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+impl Tunnel {
+    fn destination(&self, id: PeerId) -> Option<SocketAddr> {
+        self.meta
+            .get(id.index() as usize)?
+            .as_ref()
+            .map(|m| m.placement.endpoint)
+    }
+
+    fn meta_mut(&mut self, id: PeerId) -> Option<&mut PeerMeta> {
+        self.meta.get_mut(id.index() as usize)?.as_mut()
+    }
+
+    fn remove_peer(&mut self, id: PeerId) {
+        self.endpoint.remove_peer(id);
+        if let Some(meta) = self
+            .meta
+            .get_mut(id.index() as usize)
+            .and_then(Option::take)
+        {
+            for vip in [IpAddr::V4(meta.vip4), IpAddr::V6(meta.vip6)] {
+                if self.by_vip.get(&vip) == Some(&id) {
+                    self.by_vip.remove(&vip);
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Tunnel> {
+        // A data thread that panicked while holding the lock left the tunnel in a
+        // state every operation still handles (no invariant spans an unlock), so keep
+        // going rather than take the node down.
+        self.tunnel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_timer(&self) {
+        if let Some(t) = self.timer.get() {
+            t.unpark();
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// The socket address to send to (IPv4 peers as mapped addresses on an IPv6 socket).
+    fn wire_addr(&self, dest: SocketAddr) -> SocketAddr {
+        match dest {
+            SocketAddr::V4(v4) if self.socket_v6 => {
+                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+            }
+            other => other,
+        }
+    }
+
+    fn send_one(&self, dest: SocketAddr, datagram: &[u8]) {
+        self.send(dest, datagram, None);
+    }
+
+    fn send(&self, dest: SocketAddr, contents: &[u8], segment_size: Option<usize>) {
+        let transmit = Transmit {
+            destination: self.wire_addr(dest),
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        };
+        let segments = segment_size.map_or(1, |s| contents.len().div_ceil(s)) as u64;
+        for _ in 0..100 {
+            match self.udp.try_send(UdpSockRef::from(&self.socket), &transmit) {
+                Ok(()) => {
+                    self.counters
+                        .udp_datagrams_sent
+                        .fetch_add(segments, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    crate::sys::wait_fd(&self.socket, true, Duration::from_millis(10));
+                }
+                Err(e) => {
+                    self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(%dest, error = %e, "send failed");
+                    return;
+                }
+            }
+        }
+        self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Seals (or queues behind a handshake) one inner packet for `id` outside the
+    /// batch path: packets that waited for a direction.
+    fn encapsulate_one(
+        &self,
+        t: &mut Tunnel,
+        now: Instant,
+        unix_now: UnixTime,
+        id: PeerId,
+        packet: &[u8],
+    ) {
+        let Some(dest) = t.destination(id) else {
+            return;
+        };
+        let mut buf = vec![0u8; (packet.len() + DATA_OVERHEAD).max(MAX_HANDSHAKE_LEN)];
+        let Some(peer) = t.endpoint.peer_mut(id) else {
+            return;
+        };
+        match peer.encapsulate(now, unix_now, &mut OsRng, packet, &mut buf) {
+            Ok(Encapsulated::Sealed(len) | Encapsulated::HandshakeNeeded(len)) => {
+                self.send_one(dest, &buf[..len]);
+            }
+            Ok(Encapsulated::Queued) => {}
+            Err(e) => tracing::debug!(peer = %id, error = %e, "queued packet dropped"),
+        }
+    }
+
+    fn send_control(&self, t: &mut Tunnel, now: Instant, id: PeerId, body: &[u8]) {
+        let Some(dest) = t.destination(id) else {
+            return;
+        };
+        let mut scratch = std::mem::take(&mut t.scratch);
+        if let Some(peer) = t.endpoint.peer_mut(id) {
+            match peer.encapsulate_control(now, unix_now(), &mut OsRng, body, &mut scratch) {
+                Ok(Encapsulated::Sealed(len) | Encapsulated::HandshakeNeeded(len)) => {
+                    self.send_one(dest, &scratch[..len]);
+                }
+                Ok(Encapsulated::Queued) => {}
+                Err(e) => tracing::debug!(peer = %id, error = %e, "control message not sent"),
+            }
+        }
+        t.scratch = scratch;
+    }
+
+    /// Sends everything the endpoint wants sent and handles its events.
+    fn drain(&self, t: &mut Tunnel, now: Instant) {
+        let unix_now = unix_now();
+        let mut scratch = std::mem::take(&mut t.scratch);
+        loop {
+            match t
+                .endpoint
+                .poll_transmit(now, unix_now, &mut OsRng, &mut scratch)
+            {
+                Ok(Some((id, len))) => {
+                    if let Some(dest) = t.destination(id) {
+                        self.send_one(dest, &scratch[..len]);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "a queued packet could not be sent");
+                    break;
+                }
+            }
+        }
+        t.scratch = scratch;
+        while let Some((id, event)) = t.endpoint.poll_event() {
+            let Some(meta) = t.meta_mut(id) else { continue };
+            match event {
+                PeerEvent::Established => {
+                    meta.last_handshake = Some(SystemTime::now());
+                    meta.established.send_modify(|n| *n += 1);
+                    tracing::debug!(peer = %meta.fqdn, "session established");
+                }
+                PeerEvent::HandshakeTimedOut => {
+                    tracing::info!(peer = %meta.fqdn, "handshake timed out");
+                }
+                PeerEvent::HandshakeFailed(reason) => {
+                    tracing::warn!(peer = %meta.fqdn, %reason, "handshake failed");
+                }
+            }
+        }
+    }
+
+    /// Answers `packet` with ICMP unreachable, sent in the name of its destination:
+    /// the kernel drops packets that claim to come from one of its own addresses (our
+    /// virtual address) on the interface, and the destination is the address the
+    /// application asked about.
+    fn answer_unreachable(&self, packet: &[u8]) {
+        let Some(router) = ip::destination(packet) else {
+            return;
+        };
+        let mut out = [0u8; ip::MAX_ICMP_ERROR];
+        let Some(len) = ip::unreachable(packet, router, &mut out) else {
+            return;
+        };
+        let written = Packet::new(&mut out, 0, len)
+            .ok()
+            .map(|p| self.vif.write_batch(&[p]));
+        match written {
+            Some(Ok(_)) => {
+                self.counters
+                    .icmp_unreachable_sent
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.counters.tun_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// An inner packet to `dst` with no peer: queue it and ask for a direction, or
+    /// answer it at once when the address is known to be nobody's.
+    fn no_peer(&self, t: &mut Tunnel, now: Instant, dst: IpAddr, packet: &[u8]) -> bool {
+        let unicast = match dst {
+            IpAddr::V4(a) => !(a.is_broadcast() || a.is_multicast() || a.is_unspecified()),
+            IpAddr::V6(a) => !(a.is_multicast() || a.is_unspecified()),
+        };
+        if !unicast || dst == IpAddr::V4(self.own4) || dst == IpAddr::V6(self.own6) {
+            self.counters.no_route.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if let Some(until) = t.unreachable.get(&dst) {
+            if *until > now {
+                return true;
+            }
+            t.unreachable.remove(&dst);
+        }
+        let pending = t.pending.entry(dst).or_insert_with(|| {
+            let _ = self.needs.send(dst);
+            Pending {
+                packets: Vec::new(),
+                since: now,
+            }
+        });
+        if pending.packets.len() < MAX_PENDING_PACKETS {
+            pending.packets.push(packet.to_vec());
+        } else {
+            self.counters
+                .pending_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    }
+}
+
+fn outbound_loop(shared: &Shared) {
+    let stride = shared.mtu + DATA_OVERHEAD;
+    let mut buf = vec![0u8; TUN_BATCH * stride];
+    let mut lens = [0usize; TUN_BATCH];
+    // Per slot: where its sealed datagram goes and its length, if anything is sent.
+    let mut out: Vec<Option<(SocketAddr, usize)>> = vec![None; TUN_BATCH];
+    let mut unreachable: Vec<usize> = Vec::with_capacity(TUN_BATCH);
+    let max_segments = shared
+        .udp
+        .max_gso_segments()
+        .min(MAX_GSO_BYTES / stride)
+        .max(1);
+    while !shared.stopping() {
+        let read = {
+            let mut chunks = buf.chunks_exact_mut(stride);
+            let mut slots: [Packet<'_>; TUN_BATCH] = std::array::from_fn(|_| {
+                let chunk = chunks.next().expect("the buffer holds TUN_BATCH slots");
+                Packet::empty(chunk, DATA_HEADER_LEN).expect("headroom is inside the slot")
+            });
+            let read = shared
+                .vif
+                .read_batch(&mut slots, IDLE_WAIT.as_millis() as i32);
+            for (len, slot) in lens.iter_mut().zip(&slots) {
+                *len = slot.len();
+            }
+            read
+        };
+        let n = match read {
+            Ok(0) => continue,
+            Ok(n) => n,
+            Err(e) => {
+                shared.counters.tun_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "reading from the virtual interface failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        shared
+            .counters
+            .tun_packets_read
+            .fetch_add(n as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        let unix_now = unix_now();
+        unreachable.clear();
+        {
+            let mut guard = shared.lock();
+            let t = &mut *guard;
+            for (i, slot) in buf.chunks_exact_mut(stride).take(n).enumerate() {
+                out[i] = None;
+                let len = lens[i];
+                if len + DATA_OVERHEAD > stride {
+                    shared.counters.oversize.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let packet = &slot[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
+                let Some(dst) = ip::destination(packet) else {
+                    shared.counters.no_route.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let Some(&id) = t.by_vip.get(&dst) else {
+                    if shared.no_peer(t, now, dst, packet) {
+                        unreachable.push(i);
+                    }
+                    continue;
+                };
+                let Some(dest) = t.destination(id) else {
+                    continue;
+                };
+                let Some(peer) = t.endpoint.peer_mut(id) else {
+                    continue;
+                };
+                match peer.encapsulate_in_place(now, unix_now, &mut OsRng, slot, len) {
+                    Ok(Encapsulated::Sealed(sealed)) => {
+                        out[i] = Some((dest, sealed));
+                        if let Some(meta) = t.meta_mut(id) {
+                            meta.tx_bytes += len as u64;
+                            meta.tx_packets += 1;
+                        }
+                    }
+                    Ok(Encapsulated::HandshakeNeeded(request)) => {
+                        out[i] = Some((dest, request));
+                    }
+                    Ok(Encapsulated::Queued) => {}
+                    Err(e) => tracing::trace!(peer = %id, error = %e, "packet not sealed"),
+                }
+            }
+        }
+        for &i in &unreachable {
+            let slot = &buf[i * stride..(i + 1) * stride];
+            shared.answer_unreachable(&slot[DATA_HEADER_LEN..DATA_HEADER_LEN + lens[i]]);
+        }
+        send_runs(shared, &buf, &out[..n], stride, max_segments);
+    }
+}
+
+/// Sends the sealed slots; consecutive full slots to one destination go out as one
+/// GSO send (the kernel splits them at `stride`).
+fn send_runs(
+    shared: &Shared,
+    buf: &[u8],
+    out: &[Option<(SocketAddr, usize)>],
+    stride: usize,
+    max_segments: usize,
+) {
+    let mut i = 0;
+    while i < out.len() {
+        let Some((dest, len)) = out[i] else {
+            i += 1;
+            continue;
+        };
+        let start = i * stride;
+        let mut end = start + len;
+        let mut count = 1;
+        let mut last_len = len;
+        while last_len == stride && count < max_segments && i + count < out.len() {
+            match out[i + count] {
+                Some((d, l)) if d == dest => {
+                    end += l;
+                    last_len = l;
+                    count += 1;
+                }
+                _ => break,
+            }
+        }
+        let segment = (count > 1).then_some(stride);
+        shared.send(dest, &buf[start..end], segment);
+        i += count;
+    }
+}
+
+fn inbound_loop(shared: &Shared) {
+    let mut buf = vec![0u8; UDP_BATCH * UDP_BUF];
+    let mut metas = [RecvMeta::default(); UDP_BATCH];
+    // Absolute (start, len) in `buf` of every plaintext to write to the interface.
+    let mut deliver: Vec<(usize, usize)> = Vec::with_capacity(MAX_DELIVER);
+    let mut slots: Vec<Packet<'static>> = Vec::with_capacity(TUN_BATCH);
+    while !shared.stopping() {
+        if !crate::sys::wait_fd(&shared.socket, false, IDLE_WAIT) {
+            continue;
+        }
+        let received = {
+            let mut chunks = buf.chunks_exact_mut(UDP_BUF);
+            let mut iovs: [IoSliceMut<'_>; UDP_BATCH] = std::array::from_fn(|_| {
+                IoSliceMut::new(chunks.next().expect("the buffer holds UDP_BATCH slots"))
+            });
+            shared
+                .udp
+                .recv(UdpSockRef::from(&shared.socket), &mut iovs, &mut metas)
+        };
+        let n = match received {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "receive failed");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let unix_now = unix_now();
+        deliver.clear();
+        {
+            let mut guard = shared.lock();
+            let t = &mut *guard;
+            for (k, meta) in metas.iter().take(n).enumerate() {
+                let source = canonical(meta.addr);
+                let base = k * UDP_BUF;
+                let stride = meta.stride.max(1);
+                let region = &mut buf[base..base + meta.len.min(UDP_BUF)];
+                for (s, segment) in region.chunks_mut(stride).enumerate() {
+                    shared
+                        .counters
+                        .udp_datagrams_received
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Some(range) = handle_datagram(shared, t, now, unix_now, source, segment)
+                    {
+                        deliver.push((base + s * stride + range.0, range.1));
+                    }
+                }
+            }
+        }
+        slots = write_delivered(shared, &mut buf, &deliver, slots);
+    }
+}
+
+/// Opens one datagram; returns the plaintext's (offset, len) within it when there is
+/// a packet for the interface.
+fn handle_datagram(
+    shared: &Shared,
+    t: &mut Tunnel,
+    now: Instant,
+    unix_now: UnixTime,
+    source: SocketAddr,
+    datagram: &mut [u8],
+) -> Option<(usize, usize)> {
+    let mut scratch = std::mem::take(&mut t.scratch);
+    let result = t
+        .endpoint
+        .decapsulate(now, unix_now, &mut OsRng, source, datagram, &mut scratch);
+    let mut deliver = None;
+    match result {
+        Ok(Decapsulated::Data { peer, range }) => {
+            let inner = &datagram[range.clone()];
+            let meta = t.meta_mut(peer);
+            let owned = meta.as_ref().is_some_and(|m| {
+                matches!(ip::source(inner), Some(IpAddr::V4(a)) if a == m.vip4)
+                    || matches!(ip::source(inner), Some(IpAddr::V6(a)) if a == m.vip6)
+            });
+            if let (true, Some(m)) = (owned, meta) {
+                m.rx_bytes += range.len() as u64;
+                m.rx_packets += 1;
+                roam(m, source);
+                deliver = Some((range.start, range.len()));
+            } else {
+                shared
+                    .counters
+                    .spoofed_source
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(%peer, "inner source is not the peer's address");
+            }
+        }
+        Ok(Decapsulated::Control { peer, range }) => {
+            if let Some(m) = t.meta_mut(peer) {
+                roam(m, source);
+            }
+            let body = datagram[range].to_vec();
+            t.scratch = scratch;
+            handle_control(shared, t, now, peer, source, &body);
+            return None;
+        }
+        Ok(Decapsulated::Keepalive { peer }) => {
+            if let Some(m) = t.meta_mut(peer) {
+                roam(m, source);
+            }
+        }
+        Ok(Decapsulated::WriteToNetwork { len, .. }) => {
+            shared.send_one(source, &scratch[..len]);
+        }
+        Ok(Decapsulated::Established { peer }) => {
+            if let Some(m) = t.meta_mut(peer) {
+                roam(m, source);
+            }
+            t.scratch = scratch;
+            shared.drain(t, now);
+            return None;
+        }
+        Err(reason) => {
+            trace_drop(source, &reason);
+        }
+    }
+    t.scratch = scratch;
+    deliver
+}
+
+fn handle_control(
+    shared: &Shared,
+    t: &mut Tunnel,
+    now: Instant,
+    peer: PeerId,
+    source: SocketAddr,
+    body: &[u8],
+) {
+    let repr = ControlPacket::new_checked(body).and_then(|p| ControlRepr::parse(&p));
+    match repr {
+        Ok(ControlRepr::PathProbe { probe_id, .. }) => {
+            let mut out = [0u8; 64];
+            if let Ok(len) = (ControlRepr::PathProbeAck {
+                probe_id,
+                observed: source,
+            })
+            .emit(&mut out)
+            {
+                shared.send_control(t, now, peer, &out[..len]);
+            }
+        }
+        Ok(ControlRepr::PathProbeAck { probe_id, .. }) => {
+            if let Some((expected, sent, tx)) = t.probes.remove(&probe_id) {
+                if expected == peer {
+                    let _ = tx.send(now.duration_since(sent));
+                }
+            }
+        }
+        Ok(ControlRepr::KeepAlive) => {}
+        Ok(other) => {
+            shared
+                .counters
+                .control_unhandled
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, kind = ?other.control_type(), "control message not handled");
+        }
+        Err(e) => {
+            shared
+                .counters
+                .control_unhandled
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "malformed control message");
+        }
+    }
+}
+
+/// A packet authenticated by the session came from `source`: that is where the peer is
+/// now (WireGuard's roaming). Replays never get here, so a recorded packet cannot move
+/// a peer.
+fn roam(meta: &mut PeerMeta, source: SocketAddr) {
+    if canonical(meta.placement.endpoint) != source {
+        tracing::debug!(peer = %meta.fqdn, from = %meta.placement.endpoint, to = %source, "peer endpoint moved");
+        meta.placement.endpoint = source;
+    }
+}
+
+fn trace_drop(source: SocketAddr, reason: &DropReason) {
+    tracing::trace!(%source, %reason, "datagram dropped");
+}
+
+/// Writes the plaintexts to the interface in batches. Takes and returns the slot
+/// vector so its allocation is reused across batches whatever the borrow lifetimes.
+fn write_delivered(
+    shared: &Shared,
+    buf: &mut [u8],
+    deliver: &[(usize, usize)],
+    slots: Vec<Packet<'static>>,
+) -> Vec<Packet<'static>> {
+    let mut slots = recycle(slots);
+    let mut rest: &mut [u8] = buf;
+    let mut consumed = 0;
+    for &(start, len) in deliver {
+        let tail = std::mem::take(&mut rest);
+        let (_, tail) = tail.split_at_mut(start - consumed);
+        let (packet, tail) = tail.split_at_mut(len);
+        rest = tail;
+        consumed = start + len;
+        if let Ok(slot) = Packet::new(packet, 0, len) {
+            slots.push(slot);
+        }
+        if slots.len() == TUN_BATCH {
+            write_all(shared, &slots);
+            slots.clear();
+        }
+    }
+    if !slots.is_empty() {
+        write_all(shared, &slots);
+    }
+    recycle(slots)
+}
+
+fn write_all(shared: &Shared, slots: &[Packet<'_>]) {
+    let mut done = 0;
+    while done < slots.len() {
+        match shared.vif.write_batch(&slots[done..]) {
+            Ok(0) => {
+                shared.counters.tun_errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Ok(n) => {
+                shared
+                    .counters
+                    .tun_packets_written
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                done += n;
+            }
+            Err(e) => {
+                shared.counters.tun_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "writing to the virtual interface failed");
+                break;
+            }
+        }
+    }
+}
+
+/// Empties a slot vector and hands back its allocation under a new lifetime (the
+/// element type is the same but for the borrow, so the in-place collect reuses it).
+fn recycle<'b>(mut slots: Vec<Packet<'_>>) -> Vec<Packet<'b>> {
+    slots.clear();
+    slots
+        .into_iter()
+        .map(|_| unreachable!("the vector was cleared"))
+        .collect()
+}
+
+fn timer_loop(shared: &Shared) {
+    while !shared.stopping() {
+        let now = Instant::now();
+        let next = {
+            let mut guard = shared.lock();
+            let t = &mut *guard;
+            if t.endpoint.poll_timeout().is_some_and(|at| at <= now) {
+                t.endpoint.handle_timeout(now);
+            }
+            shared.drain(t, now);
+            t.unreachable.retain(|_, until| *until > now);
+            let stale: Vec<IpAddr> = t
+                .pending
+                .iter()
+                .filter(|(_, p)| now.duration_since(p.since) > PENDING_TIMEOUT)
+                .map(|(ip, _)| *ip)
+                .collect();
+            for ip in stale {
+                if let Some(p) = t.pending.remove(&ip) {
+                    shared
+                        .counters
+                        .pending_dropped
+                        .fetch_add(p.packets.len() as u64, Ordering::Relaxed);
+                }
+            }
+            t.endpoint.poll_timeout()
+        };
+        let wait = next
+            .map_or(Duration::from_secs(1), |at| {
+                at.saturating_duration_since(now)
+            })
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
+        std::thread::park_timeout(wait);
+    }
+}
+
+/// IPv4 peers reaching an IPv6 socket appear as `::ffff:a.b.c.d`.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+fn unix_now() -> UnixTime {
+    UnixTime::from_system_time(SystemTime::now())
+}

@@ -1,0 +1,75 @@
+//! The few OS calls the node makes that std does not wrap: waiting for a socket with a
+//! timeout (the data threads must notice shutdown), and listing the host's addresses
+//! for registration.
+#![allow(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// Waits until `fd` is readable (or writable with `write`), at most `timeout`.
+/// Returns whether it became ready.
+pub(crate) fn wait_fd(fd: &impl AsRawFd, write: bool, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: if write { libc::POLLOUT } else { libc::POLLIN },
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `pfd` is one valid pollfd living across the call; nfds is 1.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    n > 0
+}
+
+/// One address of a local interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAddr {
+    pub ifname: String,
+    pub addr: IpAddr,
+}
+
+/// Every address configured on the host's interfaces (getifaddrs).
+pub fn local_addresses() -> std::io::Result<Vec<LocalAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid out-pointer; on success the list is freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: `ifa_name` is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: `ifa_addr` is non-null and points at a sockaddr whose family field
+        // tells its real type; we read the matching struct only.
+        let addr = unsafe {
+            match i32::from((*entry.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
+                    Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            }
+        };
+        if let Some(addr) = addr {
+            out.push(LocalAddr { ifname: name, addr });
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
