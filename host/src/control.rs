@@ -130,7 +130,7 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot reach cyphonicd at {}: {source} (is it running?)", .path.display())]
+    #[error("cannot reach cyphonicd at {} (is it running?)", .path.display())]
     Connect {
         path: PathBuf,
         #[source]

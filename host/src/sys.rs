@@ -73,3 +73,44 @@ pub fn local_addresses() -> std::io::Result<Vec<LocalAddr>> {
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
 }
+
+/// Sets the socket's receive and send buffers to `bytes`, past `net.core.*mem_max`
+/// when the process may (CAP_NET_ADMIN: SO_*BUFFORCE), else as far as the limits allow.
+/// Returns the receive buffer size the kernel reports afterwards.
+pub fn set_socket_buffers(fd: &impl AsRawFd, bytes: usize) -> usize {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(fd, force, value) != 0 {
+            setsockopt_int(fd, plain, value);
+        }
+    }
+    let mut got: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `got` and `len` are valid out-pointers of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut got as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { got.max(0) as usize } else { 0 }
+}
+
+fn setsockopt_int(fd: &impl AsRawFd, option: libc::c_int, value: libc::c_int) -> libc::c_int {
+    // SAFETY: the option value is one c_int living across the call, its size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    }
+}

@@ -166,7 +166,9 @@ fn two_nodes_reach_each_other_by_name_end_to_end_encrypted() {
     let mut server = o.lab.cmd(&o.b.ns, "iperf3");
     server.args(["-s", "-1", "-B"]).arg(vip4_b.to_string());
     o.lab.spawn("iperf3-server", server);
-    let iperf = wait_for("iperf3 client", Duration::from_secs(20), || {
+    // iperf3 -J exits 0 even when it could not connect (the server may still be
+    // starting): the report says so.
+    let report = wait_for("iperf3 client", Duration::from_secs(20), || {
         let out = o
             .lab
             .cmd(&o.a.ns, "iperf3")
@@ -175,9 +177,9 @@ fn two_nodes_reach_each_other_by_name_end_to_end_encrypted() {
             .args(["-t", "2", "-J"])
             .output()
             .unwrap();
-        out.status.success().then_some(out)
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (out.status.success() && report.get("error").is_none()).then_some(report)
     });
-    let report: serde_json::Value = serde_json::from_slice(&iperf.stdout).unwrap();
     let received = report["end"]["sum_received"]["bytes"]
         .as_u64()
         .unwrap_or_else(|| panic!("iperf3 report without a sum: {report}"));
@@ -325,10 +327,20 @@ fn two_nodes_reach_each_other_by_name_end_to_end_encrypted() {
     assert!(!String::from_utf8_lossy(&links.stdout).contains("cyph0"));
     assert!(!o.b.dir.join("state/credential.json").exists());
 
-    // Stopping restores the namespace's resolv.conf and removes the interface.
+    // A crash leaves the managed resolv.conf behind; the next start restores it before
+    // managing it again, and a clean stop restores it and removes the interface.
+    let resolv_path = format!("/etc/netns/{}/resolv.conf", o.a.ns);
+    o.lab.kill("node-a");
+    let left = std::fs::read_to_string(&resolv_path).unwrap();
+    assert!(left.contains(&vip4_a.to_string()), "{left}");
+    o.a.start(&mut o.lab);
+    o.a.wait_running(&mut o.lab);
+    let managed = std::fs::read_to_string(&resolv_path).unwrap();
+    assert!(managed.contains(&vip4_a.to_string()), "{managed}");
+    assert!(!managed.contains(CLOUD_IP), "{managed}");
     let status = o.lab.stop("node-a").unwrap();
     assert!(status.success(), "{status}\n{}", o.lab.log("node-a"));
-    let resolv = std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", o.a.ns)).unwrap();
+    let resolv = std::fs::read_to_string(&resolv_path).unwrap();
     assert_eq!(resolv, format!("nameserver {CLOUD_IP}\n"));
     let links = run(o.lab.cmd(&o.a.ns, "ip").args(["link", "show"]));
     assert!(!String::from_utf8_lossy(&links.stdout).contains("cyph0"));

@@ -594,7 +594,16 @@ impl Shared {
                 self.send_one(dest, &buf[..len]);
             }
             Ok(Encapsulated::Queued) => {}
-            Err(e) => tracing::debug!(peer = %id, error = %e, "queued packet dropped"),
+            Err(e) => {
+                tracing::debug!(peer = %id, error = %e, "queued packet dropped");
+                return;
+            }
+        }
+        // Counted when handed to the tunnel, as on the batch path: a packet queued
+        // behind the handshake goes out with it.
+        if let Some(meta) = t.meta_mut(id) {
+            meta.tx_bytes += packet.len() as u64;
+            meta.tx_packets += 1;
         }
     }
 
@@ -789,18 +798,18 @@ fn outbound_loop(shared: &Shared) {
                     continue;
                 };
                 match peer.encapsulate_in_place(now, unix_now, &mut OsRng, slot, len) {
-                    Ok(Encapsulated::Sealed(sealed)) => {
-                        out[i] = Some((dest, sealed));
-                        if let Some(meta) = t.meta_mut(id) {
-                            meta.tx_bytes += len as u64;
-                            meta.tx_packets += 1;
-                        }
-                    }
-                    Ok(Encapsulated::HandshakeNeeded(request)) => {
-                        out[i] = Some((dest, request));
+                    Ok(Encapsulated::Sealed(sent) | Encapsulated::HandshakeNeeded(sent)) => {
+                        out[i] = Some((dest, sent));
                     }
                     Ok(Encapsulated::Queued) => {}
-                    Err(e) => tracing::trace!(peer = %id, error = %e, "packet not sealed"),
+                    Err(e) => {
+                        tracing::trace!(peer = %id, error = %e, "packet not sealed");
+                        continue;
+                    }
+                }
+                if let Some(meta) = t.meta_mut(id) {
+                    meta.tx_bytes += len as u64;
+                    meta.tx_packets += 1;
                 }
             }
         }

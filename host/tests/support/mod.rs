@@ -160,6 +160,15 @@ impl Lab {
         terminate(&mut child)
     }
 
+    /// Kills `label` with SIGKILL (a crash: no cleanup runs) and reaps it.
+    pub fn kill(&mut self, label: &str) {
+        if let Some(i) = self.children.iter().position(|(l, _)| l == label) {
+            let (_, mut child) = self.children.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Runs `f` on a thread that lives inside `ns` (sockets it opens belong there).
     pub fn in_ns<T: Send + 'static>(
         &self,

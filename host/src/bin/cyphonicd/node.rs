@@ -340,7 +340,10 @@ impl Node {
             .register(endpoints.clone())
             .await
             .context("registering at the NMS")?;
-        tracing::info!(observed = ?registration.observed, endpoints = ?endpoints, "registered at the NMS");
+        let observed = registration
+            .observed
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        tracing::info!(%observed, endpoints = ?endpoints, "registered at the NMS");
 
         let session = Arc::new(Session {
             domain: stored.domain.clone(),
@@ -969,9 +972,14 @@ fn bind_data_socket(port: u16, buffer: usize) -> std::io::Result<UdpSocket> {
             s
         }
     };
-    // Best effort: the kernel caps unprivileged sizes at net.core.*mem_max.
-    let _ = socket.set_recv_buffer_size(buffer);
-    let _ = socket.set_send_buffer_size(buffer);
+    // Bursts of a fast TCP stream overflow the default 208 KiB before the receive
+    // thread is scheduled again on a busy machine.
+    let got = cyphonic_host::sys::set_socket_buffers(&socket, buffer);
+    tracing::debug!(
+        asked = buffer,
+        receive_buffer = got,
+        "tunnel socket buffers"
+    );
     Ok(socket.into())
 }
 
