@@ -19,6 +19,7 @@ install_prerequisites() {
     command -v ping >/dev/null || missing+=(iputils-ping)
     command -v iperf3 >/dev/null || missing+=(iperf3)
     command -v tcpdump >/dev/null || missing+=(tcpdump)
+    command -v nft >/dev/null || missing+=(nftables)
     if ((${#missing[@]})); then
         log "installing Debian packages: ${missing[*]}"
         apt-get update -qq

@@ -87,6 +87,24 @@ pub struct NodeConfig {
     pub resolver: ResolverSection,
     #[serde(default)]
     pub control: ControlSection,
+    #[serde(default)]
+    pub mobility: MobilitySection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MobilitySection {
+    /// How often the polling detector compares the host's addresses (when no plugin
+    /// is configured, or it cannot start).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for MobilitySection {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 2000,
+        }
+    }
 }
 
 /// Where the cloud is and which key it signs with.
@@ -113,6 +131,9 @@ pub struct TunnelSection {
     /// Socket buffer size asked for (the kernel caps it at `net.core.*mem_max` unless
     /// we are root, which may force it).
     pub socket_buffer_bytes: usize,
+    /// A peer we sent nothing to for this long gets a keepalive, which holds NAT
+    /// mappings and relay bindings open (NATs forget UDP mappings after 30 s or more).
+    pub keepalive_secs: u64,
 }
 
 impl Default for TunnelSection {
@@ -121,6 +142,7 @@ impl Default for TunnelSection {
             listen_port: DEFAULT_LISTEN_PORT,
             suites: Vec::new(),
             socket_buffer_bytes: 4 << 20,
+            keepalive_secs: 20,
         }
     }
 }
@@ -132,6 +154,10 @@ pub struct PluginsSection {
     pub interface: PathBuf,
     /// Crypto-suite plugins; at least one.
     pub crypto: Vec<PathBuf>,
+    /// The mobility-detector plugin (`libcyphonic_netlink_mobility.so`); null: poll the
+    /// host's addresses every `mobility.poll_interval_ms`.
+    #[serde(default)]
+    pub mobility: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +289,9 @@ impl NodeConfig {
         join(&mut self.state_dir);
         join(&mut self.plugins.interface);
         self.plugins.crypto.iter_mut().for_each(join);
+        if let Some(p) = self.plugins.mobility.as_mut() {
+            join(p);
+        }
         join(&mut self.resolver.filter);
         join(&mut self.control.socket);
     }
@@ -289,10 +318,22 @@ impl NodeConfig {
             ));
         }
         self.suite_ids().map_err(|m| invalid("tunnel.suites", m))?;
+        if !(1..=25).contains(&self.tunnel.keepalive_secs) {
+            return Err(invalid(
+                "tunnel.keepalive_secs",
+                "must be 1..=25 (NAT mappings expire after about 30 s)".to_owned(),
+            ));
+        }
         if !(576..=65000).contains(&self.interface.mtu) {
             return Err(invalid(
                 "interface.mtu",
                 format!("{} is outside 576..=65000", self.interface.mtu),
+            ));
+        }
+        if !(100..=60_000).contains(&self.mobility.poll_interval_ms) {
+            return Err(invalid(
+                "mobility.poll_interval_ms",
+                "must be 100..=60000".to_owned(),
             ));
         }
         if self.resolver.ttl_secs > 86_400 {

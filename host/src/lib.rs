@@ -9,6 +9,7 @@
 //!   directions, TRS relay binds (signaling module).
 //! - [`resolver`] and [`lua`]: the CYPHONIC resolver with its Lua DNS filter.
 //! - [`packet`]: packet hook and packet handling: the data path.
+//! - [`mobility`]: address-change detection (plugin or polling).
 //! - [`control`]: the local API the CLI talks to.
 //! - [`sys`]: the few OS calls std does not wrap.
 #![deny(unsafe_code)]
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod control;
 pub mod lua;
+pub mod mobility;
 pub mod packet;
 pub mod plugins;
 pub mod resolver;

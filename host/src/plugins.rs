@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cyphonic_plugin_abi::{
-    CryptoKey, CryptoSuitePlugin, LoadError, Plugin, PluginError, Status, VifPlugin,
+    CryptoKey, CryptoSuitePlugin, LoadError, MobilityPlugin, Plugin, PluginError, Status, VifPlugin,
 };
 use cyphonic_proto::suite::{AeadKey, KEY_LEN, NONCE_LEN, SuiteError, SuiteId, SuiteProvider};
 use serde::Serialize;
@@ -51,6 +51,7 @@ pub struct PluginInfo {
 pub struct PluginSet {
     pub interface: VifPlugin,
     pub suites: Arc<PluginSuites>,
+    pub mobility: Option<MobilityPlugin>,
 }
 
 impl PluginSet {
@@ -59,8 +60,17 @@ impl PluginSet {
     pub fn load(
         interface: &Path,
         crypto: &[PathBuf],
+        mobility: Option<&Path>,
         preference: &[SuiteId],
     ) -> Result<Self, PluginHostError> {
+        let mobility = mobility
+            .map(|path| {
+                MobilityPlugin::new(Plugin::load(path)?).map_err(|source| PluginHostError::Plugin {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            })
+            .transpose()?;
         let interface = load_vif(interface)?;
         let mut loaded: Vec<(SuiteId, CryptoSuitePlugin)> = Vec::new();
         for path in crypto {
@@ -88,6 +98,7 @@ impl PluginSet {
         Ok(Self {
             interface,
             suites: Arc::new(suites),
+            mobility,
         })
     }
 
@@ -99,6 +110,9 @@ impl PluginSet {
                 .iter()
                 .map(|(_, p)| info_of("crypto", p.plugin())),
         );
+        if let Some(m) = &self.mobility {
+            infos.push(info_of("mobility", m.plugin()));
+        }
         infos
     }
 }

@@ -108,7 +108,8 @@ fn two_nodes_reach_each_other_by_name_end_to_end_encrypted() {
         .iter()
         .map(|p| p["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(plugins.len(), 3, "{status_a}");
+    // Interface, two crypto suites, mobility detector.
+    assert_eq!(plugins.len(), 4, "{status_a}");
 
     // Ping by name: resolv.conf -> our resolver -> NMS direction -> handshake.
     let ping = o

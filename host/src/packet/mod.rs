@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::signaling::RelayBinder;
 use cyphonic_plugin_abi::{Packet, VifHandle};
 use cyphonic_proto::credential::SignedCredential;
 use cyphonic_proto::time::UnixTime;
@@ -41,11 +42,19 @@ use cyphonic_proto::tunnel::{
 use cyphonic_proto::wire::Fqdn;
 use cyphonic_proto::wire::data::{DATA_HEADER_LEN, DATA_OVERHEAD};
 use cyphonic_proto::wire::handshake::MAX_HANDSHAKE_LEN;
-use cyphonic_proto::wire::node::{ControlPacket, ControlRepr};
+use cyphonic_proto::wire::node::{
+    ControlPacket, ControlRepr, HolePunchingPacket, HolePunchingRepr, PunchKind,
+};
+use cyphonic_proto::wire::relay::{
+    RELAY_DATA_HEADER_LEN, RelayBindAckPacket, RelayChannelId, RelayDataPacket, RelayDataRepr,
+    RelayTicket,
+};
+use cyphonic_proto::wire::{MessageType, NodeId};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
-use rand_core::OsRng;
+use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
+use zeroize::Zeroizing;
 
 /// Packets per interface read.
 const TUN_BATCH: usize = 64;
@@ -61,6 +70,8 @@ const MAX_GSO_BYTES: usize = 65_000;
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 /// Packets kept per destination while its direction is asked for.
 const MAX_PENDING_PACKETS: usize = 16;
+/// A new path whose probe got no answer is probed again after this.
+const VALIDATION_RETRY: Duration = Duration::from_millis(500);
 /// How long a destination the NMS does not know is answered from memory.
 const UNREACHABLE_MEMORY: Duration = Duration::from_secs(5);
 /// A direction that got no answer by then gives up its queued packets.
@@ -70,8 +81,31 @@ const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PathKind {
-    /// Straight to the peer's address.
+    /// Straight to the peer's public address.
     Direct,
+    /// Through both NATs after simultaneous hole punching (or a probe that got through).
+    Punched,
+    /// To the peer's address on a LAN both share behind one NAT.
+    Local,
+    /// Through a TRS (see [`PeerStatus::relay`]).
+    Relayed,
+}
+
+/// Where a peer's datagrams go: a UDP endpoint, wrapped in `RelayData` for a TRS
+/// channel when relayed. Small and `Copy`: the hot path reads it per packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub endpoint: SocketAddr,
+    pub relay_channel: Option<RelayChannelId>,
+}
+
+/// A TRS channel to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayPath {
+    /// The TRS's name (from the relay offer) and the endpoint we bound at.
+    pub name: String,
+    pub trs: SocketAddr,
+    pub channel: RelayChannelId,
 }
 
 /// A peer as `cyphonic peers` shows it.
@@ -82,6 +116,8 @@ pub struct PeerStatus {
     pub vip6: Ipv6Addr,
     pub path: PathKind,
     pub endpoint: SocketAddr,
+    /// The TRS relaying this peer's traffic, when `path` is `relayed`.
+    pub relay: Option<String>,
     /// The suite of the current send session, if any.
     pub suite: Option<String>,
     /// Unix seconds of the last completed handshake.
@@ -108,6 +144,10 @@ pub struct DataCounters {
     pub icmp_unreachable_sent: AtomicU64,
     pub pending_dropped: AtomicU64,
     pub oversize: AtomicU64,
+    /// Hole-punching datagrams that were malformed, for no punch of ours, or forged.
+    pub punch_rejected: AtomicU64,
+    /// Authenticated address updates received from peers that moved.
+    pub address_updates: AtomicU64,
     pub send_errors: AtomicU64,
     pub tun_errors: AtomicU64,
     pub control_unhandled: AtomicU64,
@@ -126,6 +166,8 @@ impl DataCounters {
             ("icmp_unreachable_sent", get(&self.icmp_unreachable_sent)),
             ("pending_dropped", get(&self.pending_dropped)),
             ("oversize", get(&self.oversize)),
+            ("punch_rejected", get(&self.punch_rejected)),
+            ("address_updates", get(&self.address_updates)),
             ("send_errors", get(&self.send_errors)),
             ("tun_errors", get(&self.tun_errors)),
             ("control_unhandled", get(&self.control_unhandled)),
@@ -140,6 +182,41 @@ impl DataCounters {
 pub struct PeerPlacement {
     pub endpoint: SocketAddr,
     pub path: PathKind,
+    /// The peer's direct candidates (real and NAT-observed endpoints), probed in the
+    /// background while relayed.
+    pub candidates: Vec<SocketAddr>,
+}
+
+/// How far a relay bind got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RelayState {
+    Unbound,
+    /// The TRS accepted our bind.
+    Bound,
+    /// ... and the peer's: data flows.
+    BothBound,
+}
+
+/// Timers of path maintenance.
+#[derive(Debug, Clone, Copy)]
+pub struct PathTimers {
+    /// A peer we sent nothing to for this long gets a keepalive: it holds NAT mappings
+    /// and relay bindings open and tells the peer we are alive.
+    pub keepalive: Duration,
+    /// How often a relayed peer's direct candidates are probed.
+    pub probe_interval: Duration,
+    /// A direct path that brought nothing for this long falls back to the relay.
+    pub direct_silence: Duration,
+}
+
+impl Default for PathTimers {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(20),
+            probe_interval: Duration::from_secs(2),
+            direct_silence: Duration::from_secs(45),
+        }
+    }
 }
 
 /// The running data path.
@@ -178,13 +255,55 @@ struct PeerMeta {
     fqdn: Fqdn,
     vip4: Ipv4Addr,
     vip6: Ipv6Addr,
-    placement: PeerPlacement,
+    route: Route,
+    path: PathKind,
+    candidates: Vec<SocketAddr>,
+    /// The TRS channel, once bound; kept while direct to fall back to.
+    relay: Option<RelayPath>,
+    /// Whether a packet arrived on `route` since it was set.
+    confirmed: bool,
+    /// A new path heard from, awaiting its probe's answer, and since when.
+    validating: Option<(Route, Instant)>,
     last_handshake: Option<SystemTime>,
     established: watch::Sender<u64>,
+    last_tx: Instant,
+    last_rx: Instant,
+    last_probe: Instant,
     tx_bytes: u64,
     rx_bytes: u64,
     tx_packets: u64,
     rx_packets: u64,
+}
+
+impl PeerMeta {
+    fn set_direct(&mut self, endpoint: SocketAddr, path: PathKind) {
+        self.route = Route {
+            endpoint,
+            relay_channel: None,
+        };
+        self.path = path;
+    }
+
+    fn set_relayed(&mut self) -> bool {
+        let Some(relay) = &self.relay else {
+            return false;
+        };
+        self.route = Route {
+            endpoint: relay.trs,
+            relay_channel: Some(relay.channel),
+        };
+        self.path = PathKind::Relayed;
+        true
+    }
+}
+
+/// A hole punch under way: both ends MAC their punches with the direction's key.
+struct Punch {
+    peer: PeerId,
+    peer_node: NodeId,
+    me: NodeId,
+    key: Zeroizing<[u8; 32]>,
+    found: watch::Sender<Option<SocketAddr>>,
 }
 
 struct Pending {
@@ -201,6 +320,11 @@ struct Tunnel {
     unreachable: HashMap<IpAddr, Instant>,
     probes: HashMap<u64, (PeerId, Instant, oneshot::Sender<Duration>)>,
     next_probe: u64,
+    punches: HashMap<[u8; 16], Punch>,
+    /// Sequence of our address updates to peers.
+    move_sequence: u64,
+    relay_binds: HashMap<[u8; 16], (RelayBinder, watch::Sender<RelayState>)>,
+    timers: PathTimers,
     /// Scratch for handshake messages and control answers.
     scratch: Vec<u8>,
 }
@@ -214,6 +338,7 @@ impl DataPlane {
         endpoint: Endpoint,
         own: (Ipv4Addr, Ipv6Addr),
         mtu: usize,
+        timers: PathTimers,
         needs: mpsc::UnboundedSender<IpAddr>,
     ) -> std::io::Result<Self> {
         let socket_v6 = socket.local_addr()?.is_ipv6();
@@ -227,6 +352,10 @@ impl DataPlane {
                 unreachable: HashMap::new(),
                 probes: HashMap::new(),
                 next_probe: 1,
+                punches: HashMap::new(),
+                move_sequence: 0,
+                relay_binds: HashMap::new(),
+                timers,
                 scratch: vec![0; MAX_HANDSHAKE_LEN.max(2048)],
             }),
             socket,
@@ -268,9 +397,9 @@ impl DataPlane {
         self.shared.lock().endpoint.stats()
     }
 
-    /// Adds the node of `credential` as a peer (or updates where it is), then sends
-    /// whatever waited for it. Returns its id and a receiver that ticks on every
-    /// completed handshake.
+    /// Adds the node of `credential` as a peer (or updates where it is). Returns its id
+    /// and a receiver that ticks on every completed handshake. Packets that waited for
+    /// it go out with [`Self::flush_pending`].
     pub fn add_peer(
         &self,
         credential: SignedCredential,
@@ -303,18 +432,45 @@ impl DataPlane {
             fqdn: c.fqdn.clone(),
             vip4: c.vip4,
             vip6: c.vip6,
-            placement: placement.clone(),
+            route: Route {
+                endpoint: placement.endpoint,
+                relay_channel: None,
+            },
+            path: placement.path,
+            candidates: Vec::new(),
+            relay: None,
+            confirmed: false,
+            validating: None,
             last_handshake: None,
             established: watch::Sender::new(0),
+            last_tx: now,
+            last_rx: now,
+            last_probe: now,
             tx_bytes: 0,
             rx_bytes: 0,
             tx_packets: 0,
             rx_packets: 0,
         });
-        meta.placement = placement;
+        meta.set_direct(placement.endpoint, placement.path);
+        meta.candidates = placement.candidates;
         let established = meta.established.subscribe();
         for vip in [IpAddr::V4(c.vip4), IpAddr::V6(c.vip6)] {
             t.unreachable.remove(&vip);
+        }
+        drop(guard);
+        Ok((id, established))
+    }
+
+    /// Sends what waited for `id` (packets to its addresses from before it was known),
+    /// once its path is settled.
+    pub fn flush_pending(&self, id: PeerId) {
+        let now = Instant::now();
+        let unix_now = unix_now();
+        let mut guard = self.shared.lock();
+        let t = &mut *guard;
+        let Some(m) = t.meta_mut(id) else { return };
+        let vips = [IpAddr::V4(m.vip4), IpAddr::V6(m.vip6)];
+        for vip in vips {
             if let Some(pending) = t.pending.remove(&vip) {
                 for packet in pending.packets {
                     self.shared.encapsulate_one(t, now, unix_now, id, &packet);
@@ -323,7 +479,6 @@ impl DataPlane {
         }
         drop(guard);
         self.shared.wake_timer();
-        Ok((id, established))
     }
 
     /// Starts a handshake with `id` unless a session or a handshake exists.
@@ -342,7 +497,7 @@ impl DataPlane {
         match sent {
             Ok(len) => {
                 if let Some(dest) = t.destination(id) {
-                    self.shared.send_one(dest, &scratch[..len]);
+                    self.shared.send_route(dest, &scratch[..len]);
                 }
             }
             Err(e) => tracing::warn!(peer = %id, error = %e, "cannot start a handshake"),
@@ -423,6 +578,156 @@ impl DataPlane {
         Some(rx)
     }
 
+    /// Starts hole punching toward `candidates` for the direction `direction_id`
+    /// (punches MAC'd with its key); the receiver gets the first endpoint the peer
+    /// answered from. Call [`Self::punch`] again to repeat the punches.
+    pub fn start_punch(
+        &self,
+        direction_id: [u8; 16],
+        peer: PeerId,
+        peer_node: NodeId,
+        me: NodeId,
+        key: &[u8; 32],
+    ) -> watch::Receiver<Option<SocketAddr>> {
+        let mut t = self.shared.lock();
+        let (found, rx) = watch::channel(None);
+        // Directions are short-lived; a handful at a time is normal.
+        if t.punches.len() > 256 {
+            t.punches.clear();
+        }
+        t.punches.insert(
+            direction_id,
+            Punch {
+                peer,
+                peer_node,
+                me,
+                key: Zeroizing::new(*key),
+                found,
+            },
+        );
+        rx
+    }
+
+    /// Sends one punch of `direction_id` to each candidate.
+    pub fn punch(&self, direction_id: [u8; 16], candidates: &[SocketAddr]) {
+        let datagram = {
+            let t = self.shared.lock();
+            let Some(p) = t.punches.get(&direction_id) else {
+                return;
+            };
+            let mut nonce = [0u8; 8];
+            OsRng.fill_bytes(&mut nonce);
+            let repr = HolePunchingRepr::sealed(
+                direction_id,
+                p.me,
+                PunchKind::Punch,
+                u64::from_be_bytes(nonce),
+                &p.key,
+            );
+            let mut out = [0u8; HolePunchingRepr::LEN];
+            if repr.emit(&mut out).is_err() {
+                return;
+            }
+            out
+        };
+        for c in candidates {
+            self.shared.send_one(*c, &datagram);
+        }
+    }
+
+    /// Forgets a finished punch.
+    pub fn end_punch(&self, direction_id: &[u8; 16]) {
+        self.shared.lock().punches.remove(direction_id);
+    }
+
+    /// Binds our tunnel socket to a TRS channel (one `RelayBind`; repeat with
+    /// [`Self::relay_rebind`] until the receiver says both ends are bound).
+    pub fn relay_bind(
+        &self,
+        ticket: RelayTicket,
+        bind_key: &[u8; 32],
+        me: NodeId,
+        trs: SocketAddr,
+    ) -> watch::Receiver<RelayState> {
+        let (bound, rx) = watch::channel(RelayState::Unbound);
+        self.shared.lock().relay_binds.insert(
+            ticket.ticket_id,
+            (RelayBinder::new(ticket, bind_key, me), bound),
+        );
+        self.relay_rebind(&ticket.ticket_id, trs);
+        rx
+    }
+
+    pub fn relay_rebind(&self, ticket_id: &[u8; 16], trs: SocketAddr) {
+        let mut out = [0u8; 256];
+        let len = {
+            let mut t = self.shared.lock();
+            let Some((binder, _)) = t.relay_binds.get_mut(ticket_id) else {
+                return;
+            };
+            let millis = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            match binder.bind(millis, &mut out) {
+                Ok(len) => len,
+                Err(_) => return,
+            }
+        };
+        self.shared.send_one(trs, &out[..len]);
+    }
+
+    /// Uses the relay for `id` from now on (and keeps it as the fallback of a direct
+    /// path found later).
+    pub fn set_relay(&self, id: PeerId, relay: RelayPath) {
+        let mut t = self.shared.lock();
+        if let Some(m) = t.meta_mut(id) {
+            tracing::info!(peer = %m.fqdn, trs = %relay.name, endpoint = %relay.trs, "relayed");
+            m.relay = Some(relay);
+            m.set_relayed();
+        }
+    }
+
+    /// Sends to `id` at `endpoint` from now on.
+    pub fn set_direct(&self, id: PeerId, endpoint: SocketAddr, path: PathKind) {
+        let mut t = self.shared.lock();
+        if let Some(m) = t.meta_mut(id) {
+            m.set_direct(endpoint, path);
+        }
+    }
+
+    /// Tells every peer with a session that we moved to `endpoints`, in an update
+    /// sealed in its session and sent over the new path: the peer moves to the source
+    /// it came from (an authenticated packet), and answers.
+    pub fn announce_move(&self, endpoints: &[SocketAddr]) {
+        let now = Instant::now();
+        let mut guard = self.shared.lock();
+        let t = &mut *guard;
+        t.move_sequence += 1;
+        let sequence = t.move_sequence;
+        let mut body = [0u8; 512];
+        let Ok(len) = (ControlRepr::AddressUpdate {
+            sequence,
+            endpoints: endpoints.to_vec(),
+        })
+        .emit(&mut body) else {
+            return;
+        };
+        let peers: Vec<PeerId> = t
+            .by_vip
+            .iter()
+            .filter(|(vip, _)| vip.is_ipv4())
+            .map(|(_, id)| *id)
+            .filter(|id| {
+                t.endpoint
+                    .peer(*id)
+                    .is_some_and(|p| p.send_session(now).is_some())
+            })
+            .collect();
+        for id in peers {
+            self.shared.send_control(t, now, id, &body[..len]);
+        }
+    }
+
     /// Presents a new identity (a renewed credential) from the next handshake on.
     pub fn set_identity(&self, identity: LocalIdentity) {
         self.shared.lock().endpoint.set_identity(identity);
@@ -443,8 +748,11 @@ impl DataPlane {
                     fqdn: m.fqdn.to_string(),
                     vip4: m.vip4,
                     vip6: m.vip6,
-                    path: m.placement.path,
-                    endpoint: canonical(m.placement.endpoint),
+                    path: m.path,
+                    endpoint: canonical(m.route.endpoint),
+                    relay: (m.path == PathKind::Relayed)
+                        .then(|| m.relay.as_ref().map(|r| r.name.clone()))
+                        .flatten(),
                     suite: peer.send_session(now).map(|s| s.suite().name().to_owned()),
                     last_handshake: m.last_handshake.and_then(|t| {
                         t.duration_since(SystemTime::UNIX_EPOCH)
@@ -483,11 +791,11 @@ impl Drop for DataPlane {
 }
 
 impl Tunnel {
-    fn destination(&self, id: PeerId) -> Option<SocketAddr> {
+    fn destination(&self, id: PeerId) -> Option<Route> {
         self.meta
             .get(id.index() as usize)?
             .as_ref()
-            .map(|m| m.placement.endpoint)
+            .map(|m| m.route)
     }
 
     fn meta_mut(&mut self, id: PeerId) -> Option<&mut PeerMeta> {
@@ -542,6 +850,28 @@ impl Shared {
         self.send(dest, datagram, None);
     }
 
+    /// Sends one datagram along `route`, inside `RelayData` when relayed (a copy: the
+    /// relay header goes in front of a datagram sealed in place).
+    fn send_route(&self, route: Route, datagram: &[u8]) {
+        let Some(channel) = route.relay_channel else {
+            return self.send_one(route.endpoint, datagram);
+        };
+        let mut stack = [0u8; 2048];
+        let mut heap = Vec::new();
+        let total = RELAY_DATA_HEADER_LEN + datagram.len();
+        let buf: &mut [u8] = if total <= stack.len() {
+            &mut stack[..total]
+        } else {
+            heap.resize(total, 0);
+            &mut heap
+        };
+        if RelayDataRepr::emit_header(&channel, buf).is_err() {
+            return;
+        }
+        buf[RELAY_DATA_HEADER_LEN..].copy_from_slice(datagram);
+        self.send_one(route.endpoint, buf);
+    }
+
     fn send(&self, dest: SocketAddr, contents: &[u8], segment_size: Option<usize>) {
         let transmit = Transmit {
             destination: self.wire_addr(dest),
@@ -591,7 +921,7 @@ impl Shared {
         };
         match peer.encapsulate(now, unix_now, &mut OsRng, packet, &mut buf) {
             Ok(Encapsulated::Sealed(len) | Encapsulated::HandshakeNeeded(len)) => {
-                self.send_one(dest, &buf[..len]);
+                self.send_route(dest, &buf[..len]);
             }
             Ok(Encapsulated::Queued) => {}
             Err(e) => {
@@ -608,14 +938,29 @@ impl Shared {
     }
 
     fn send_control(&self, t: &mut Tunnel, now: Instant, id: PeerId, body: &[u8]) {
-        let Some(dest) = t.destination(id) else {
-            return;
-        };
+        if let Some(route) = t.destination(id) {
+            self.send_control_via(t, now, id, route, body);
+        }
+    }
+
+    /// Seals a control message for `id` and sends it along `route` (a probe of a
+    /// candidate path goes elsewhere than the peer's current route).
+    fn send_control_via(
+        &self,
+        t: &mut Tunnel,
+        now: Instant,
+        id: PeerId,
+        route: Route,
+        body: &[u8],
+    ) {
         let mut scratch = std::mem::take(&mut t.scratch);
         if let Some(peer) = t.endpoint.peer_mut(id) {
             match peer.encapsulate_control(now, unix_now(), &mut OsRng, body, &mut scratch) {
-                Ok(Encapsulated::Sealed(len) | Encapsulated::HandshakeNeeded(len)) => {
-                    self.send_one(dest, &scratch[..len]);
+                Ok(Encapsulated::Sealed(len)) => self.send_route(route, &scratch[..len]),
+                Ok(Encapsulated::HandshakeNeeded(len)) => {
+                    if let Some(current) = t.destination(id) {
+                        self.send_route(current, &scratch[..len]);
+                    }
                 }
                 Ok(Encapsulated::Queued) => {}
                 Err(e) => tracing::debug!(peer = %id, error = %e, "control message not sent"),
@@ -635,7 +980,7 @@ impl Shared {
             {
                 Ok(Some((id, len))) => {
                     if let Some(dest) = t.destination(id) {
-                        self.send_one(dest, &scratch[..len]);
+                        self.send_route(dest, &scratch[..len]);
                     }
                 }
                 Ok(None) => break,
@@ -731,7 +1076,7 @@ fn outbound_loop(shared: &Shared) {
     let mut buf = vec![0u8; TUN_BATCH * stride];
     let mut lens = [0usize; TUN_BATCH];
     // Per slot: where its sealed datagram goes and its length, if anything is sent.
-    let mut out: Vec<Option<(SocketAddr, usize)>> = vec![None; TUN_BATCH];
+    let mut out: Vec<Option<(Route, usize)>> = vec![None; TUN_BATCH];
     let mut unreachable: Vec<usize> = Vec::with_capacity(TUN_BATCH);
     let max_segments = shared
         .udp
@@ -810,6 +1155,7 @@ fn outbound_loop(shared: &Shared) {
                 if let Some(meta) = t.meta_mut(id) {
                     meta.tx_bytes += len as u64;
                     meta.tx_packets += 1;
+                    meta.last_tx = now;
                 }
             }
         }
@@ -821,28 +1167,34 @@ fn outbound_loop(shared: &Shared) {
     }
 }
 
-/// Sends the sealed slots; consecutive full slots to one destination go out as one
-/// GSO send (the kernel splits them at `stride`).
+/// Sends the sealed slots; consecutive full slots to one direct destination go out as
+/// one GSO send (the kernel splits them at `stride`). Relayed datagrams go one by one
+/// behind their relay header.
 fn send_runs(
     shared: &Shared,
     buf: &[u8],
-    out: &[Option<(SocketAddr, usize)>],
+    out: &[Option<(Route, usize)>],
     stride: usize,
     max_segments: usize,
 ) {
     let mut i = 0;
     while i < out.len() {
-        let Some((dest, len)) = out[i] else {
+        let Some((route, len)) = out[i] else {
             i += 1;
             continue;
         };
         let start = i * stride;
+        if route.relay_channel.is_some() {
+            shared.send_route(route, &buf[start..start + len]);
+            i += 1;
+            continue;
+        }
         let mut end = start + len;
         let mut count = 1;
         let mut last_len = len;
         while last_len == stride && count < max_segments && i + count < out.len() {
             match out[i + count] {
-                Some((d, l)) if d == dest => {
+                Some((r, l)) if r == route => {
                     end += l;
                     last_len = l;
                     count += 1;
@@ -851,7 +1203,7 @@ fn send_runs(
             }
         }
         let segment = (count > 1).then_some(stride);
-        shared.send(dest, &buf[start..end], segment);
+        shared.send(route.endpoint, &buf[start..end], segment);
         i += count;
     }
 }
@@ -911,7 +1263,8 @@ fn inbound_loop(shared: &Shared) {
 }
 
 /// Opens one datagram; returns the plaintext's (offset, len) within it when there is
-/// a packet for the interface.
+/// a packet for the interface. Relay data is unwrapped first; hole punches and relay
+/// bind acks are handled here and never reach the tunnel.
 fn handle_datagram(
     shared: &Shared,
     t: &mut Tunnel,
@@ -920,6 +1273,45 @@ fn handle_datagram(
     source: SocketAddr,
     datagram: &mut [u8],
 ) -> Option<(usize, usize)> {
+    match datagram.get(1).map(|b| MessageType::try_from(*b)) {
+        Some(Ok(MessageType::RelayData)) => {
+            let channel = RelayDataPacket::new_checked(&*datagram)
+                .ok()
+                .map(|p| p.channel_id())?;
+            let via = Route {
+                endpoint: source,
+                relay_channel: Some(channel),
+            };
+            let inner = &mut datagram[RELAY_DATA_HEADER_LEN..];
+            return open_datagram(shared, t, now, unix_now, via, inner)
+                .map(|(start, len)| (start + RELAY_DATA_HEADER_LEN, len));
+        }
+        Some(Ok(MessageType::HolePunching)) => {
+            handle_punch(shared, t, source, datagram);
+            return None;
+        }
+        Some(Ok(MessageType::RelayBindAck)) => {
+            handle_bind_ack(t, datagram);
+            return None;
+        }
+        _ => {}
+    }
+    let via = Route {
+        endpoint: source,
+        relay_channel: None,
+    };
+    open_datagram(shared, t, now, unix_now, via, datagram)
+}
+
+fn open_datagram(
+    shared: &Shared,
+    t: &mut Tunnel,
+    now: Instant,
+    unix_now: UnixTime,
+    via: Route,
+    datagram: &mut [u8],
+) -> Option<(usize, usize)> {
+    let source = via.endpoint;
     let mut scratch = std::mem::take(&mut t.scratch);
     let result = t
         .endpoint
@@ -936,8 +1328,13 @@ fn handle_datagram(
             if let (true, Some(m)) = (owned, meta) {
                 m.rx_bytes += range.len() as u64;
                 m.rx_packets += 1;
-                roam(m, source);
+                let validate = roam(m, via, now);
                 deliver = Some((range.start, range.len()));
+                t.scratch = scratch;
+                if validate {
+                    validate_path(shared, t, now, peer, via);
+                }
+                return deliver;
             } else {
                 shared
                     .counters
@@ -947,25 +1344,32 @@ fn handle_datagram(
             }
         }
         Ok(Decapsulated::Control { peer, range }) => {
-            if let Some(m) = t.meta_mut(peer) {
-                roam(m, source);
-            }
+            let validate = t.meta_mut(peer).is_some_and(|m| roam(m, via, now));
             let body = datagram[range].to_vec();
             t.scratch = scratch;
-            handle_control(shared, t, now, peer, source, &body);
+            if validate {
+                validate_path(shared, t, now, peer, via);
+            }
+            handle_control(shared, t, now, peer, via, &body);
             return None;
         }
         Ok(Decapsulated::Keepalive { peer }) => {
-            if let Some(m) = t.meta_mut(peer) {
-                roam(m, source);
+            let validate = t.meta_mut(peer).is_some_and(|m| roam(m, via, now));
+            t.scratch = scratch;
+            if validate {
+                validate_path(shared, t, now, peer, via);
             }
+            return None;
         }
         Ok(Decapsulated::WriteToNetwork { len, .. }) => {
-            shared.send_one(source, &scratch[..len]);
+            shared.send_route(via, &scratch[..len]);
         }
         Ok(Decapsulated::Established { peer }) => {
+            // The handshake was a round trip on this path: no probe needed.
             if let Some(m) = t.meta_mut(peer) {
-                roam(m, source);
+                m.validating = None;
+                m.confirmed = false;
+                roam(m, via, now);
             }
             t.scratch = scratch;
             shared.drain(t, now);
@@ -979,25 +1383,86 @@ fn handle_datagram(
     deliver
 }
 
+/// A `HolePunching` datagram: a punch is answered with an ack to its source; either
+/// one, authenticated under the direction's key, tells where the peer can be reached.
+fn handle_punch(shared: &Shared, t: &mut Tunnel, source: SocketAddr, datagram: &[u8]) {
+    let Ok(packet) = HolePunchingPacket::new_checked(datagram) else {
+        shared
+            .counters
+            .punch_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let Some(punch) = t.punches.get(&packet.direction_id()) else {
+        shared
+            .counters
+            .punch_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if packet.verify(&punch.key).is_err() || packet.sender() != punch.peer_node {
+        shared
+            .counters
+            .punch_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let Ok(repr) = HolePunchingRepr::parse(&packet) else {
+        return;
+    };
+    if repr.kind == PunchKind::Punch {
+        let ack = repr.ack(punch.me, &punch.key);
+        let mut out = [0u8; HolePunchingRepr::LEN];
+        if ack.emit(&mut out).is_ok() {
+            shared.send_one(source, &out);
+        }
+    }
+    if punch.found.borrow().is_none() {
+        tracing::debug!(peer = %punch.peer, %source, "hole punched");
+        punch.found.send_replace(Some(source));
+    }
+}
+
+fn handle_bind_ack(t: &mut Tunnel, datagram: &[u8]) {
+    let Ok(packet) = RelayBindAckPacket::new_checked(datagram) else {
+        return;
+    };
+    let Some((binder, bound)) = t.relay_binds.get(&packet.ticket_id()) else {
+        return;
+    };
+    match binder.handle_ack(datagram) {
+        Ok(ack) if ack.status.is_success() => {
+            bound.send_replace(if ack.peer_bound {
+                RelayState::BothBound
+            } else {
+                RelayState::Bound
+            });
+        }
+        Ok(ack) => tracing::warn!(status = %ack.status, "the TRS refused a relay bind"),
+        Err(e) => tracing::debug!(error = ?e, "relay bind ack ignored"),
+    }
+}
+
 fn handle_control(
     shared: &Shared,
     t: &mut Tunnel,
     now: Instant,
     peer: PeerId,
-    source: SocketAddr,
+    via: Route,
     body: &[u8],
 ) {
     let repr = ControlPacket::new_checked(body).and_then(|p| ControlRepr::parse(&p));
     match repr {
         Ok(ControlRepr::PathProbe { probe_id, .. }) => {
+            // Answered on the path it came in on: that is the path being tested.
             let mut out = [0u8; 64];
             if let Ok(len) = (ControlRepr::PathProbeAck {
                 probe_id,
-                observed: source,
+                observed: via.endpoint,
             })
             .emit(&mut out)
             {
-                shared.send_control(t, now, peer, &out[..len]);
+                shared.send_control_via(t, now, peer, via, &out[..len]);
             }
         }
         Ok(ControlRepr::PathProbeAck { probe_id, .. }) => {
@@ -1006,14 +1471,32 @@ fn handle_control(
                     let _ = tx.send(now.duration_since(sent));
                 }
             }
+            // The round trip on a new path is complete: move there.
+            if let Some(m) = t.meta_mut(peer) {
+                if m.validating.is_some_and(|(r, _)| r == via) {
+                    let path = match m.path {
+                        PathKind::Relayed => PathKind::Punched,
+                        other => other,
+                    };
+                    tracing::info!(peer = %m.fqdn, to = %via.endpoint, ?path, "new path validated; moving");
+                    m.validating = None;
+                    m.set_direct(via.endpoint, path);
+                }
+            }
         }
-        Ok(ControlRepr::KeepAlive) => {}
-        Ok(other) => {
+        Ok(ControlRepr::KeepAlive | ControlRepr::AddressUpdateAck { .. }) => {}
+        Ok(ControlRepr::AddressUpdate { sequence, .. }) => {
+            // The update is authenticated by the session and its source is where
+            // `roam` already moved the peer; the ack goes back there, which proves
+            // the new path both ways.
             shared
                 .counters
-                .control_unhandled
+                .address_updates
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, kind = ?other.control_type(), "control message not handled");
+            let mut out = [0u8; 16];
+            if let Ok(len) = (ControlRepr::AddressUpdateAck { sequence }).emit(&mut out) {
+                shared.send_control(t, now, peer, &out[..len]);
+            }
         }
         Err(e) => {
             shared
@@ -1025,13 +1508,55 @@ fn handle_control(
     }
 }
 
-/// A packet authenticated by the session came from `source`: that is where the peer is
-/// now (WireGuard's roaming). Replays never get here, so a recorded packet cannot move
-/// a peer.
-fn roam(meta: &mut PeerMeta, source: SocketAddr) {
-    if canonical(meta.placement.endpoint) != source {
-        tracing::debug!(peer = %meta.fqdn, from = %meta.placement.endpoint, to = %source, "peer endpoint moved");
-        meta.placement.endpoint = source;
+/// A packet authenticated by the session came `via` this route. The first path a peer
+/// confirms is taken at once (the handshake was a round trip on it). A peer heard from
+/// on another direct path later (it moved, or a relayed peer's probe got through) is
+/// only moved there once a probe on that path came back: an authenticated packet can
+/// still be a copy an on-path attacker forwards from elsewhere, and until the round
+/// trip the old path stays in use (make before break). Returns whether a validation
+/// probe is due. Traffic through the relay never moves a direct peer.
+fn roam(meta: &mut PeerMeta, via: Route, now: Instant) -> bool {
+    meta.last_rx = now;
+    if via.relay_channel.is_some() || meta.route == via {
+        if via == meta.route {
+            meta.confirmed = true;
+        }
+        return false;
+    }
+    if !meta.confirmed {
+        let path = match meta.path {
+            PathKind::Relayed => PathKind::Punched,
+            other => other,
+        };
+        tracing::debug!(peer = %meta.fqdn, from = %meta.route.endpoint, to = %via.endpoint, ?path, "peer endpoint set");
+        meta.set_direct(via.endpoint, path);
+        meta.confirmed = true;
+        return false;
+    }
+    match meta.validating {
+        Some((route, since)) if route == via && now.duration_since(since) < VALIDATION_RETRY => {
+            false
+        }
+        _ => {
+            meta.validating = Some((via, now));
+            true
+        }
+    }
+}
+
+/// Sends a probe along `via` whose acknowledgement moves the peer there.
+fn validate_path(shared: &Shared, t: &mut Tunnel, now: Instant, peer: PeerId, via: Route) {
+    let probe_id = t.next_probe;
+    t.next_probe += 1;
+    let mut body = [0u8; 32];
+    if let Ok(len) = (ControlRepr::PathProbe {
+        probe_id,
+        path_tag: 2,
+    })
+    .emit(&mut body)
+    {
+        tracing::debug!(%peer, to = %via.endpoint, "validating a new path");
+        shared.send_control_via(t, now, peer, via, &body[..len]);
     }
 }
 
@@ -1129,6 +1654,7 @@ fn timer_loop(shared: &Shared) {
                         .fetch_add(p.packets.len() as u64, Ordering::Relaxed);
                 }
             }
+            maintain_paths(shared, t, now);
             t.endpoint.poll_timeout()
         };
         let wait = next
@@ -1137,6 +1663,71 @@ fn timer_loop(shared: &Shared) {
             })
             .clamp(Duration::from_millis(1), Duration::from_secs(1));
         std::thread::park_timeout(wait);
+    }
+}
+
+/// Keepalives for idle peers (NAT mappings and relay bindings stay open), direct
+/// probes for relayed peers (the relay -> direct upgrade), and the fall back to the
+/// relay when a direct path went silent.
+fn maintain_paths(shared: &Shared, t: &mut Tunnel, now: Instant) {
+    let timers = t.timers;
+    let mut keepalive = Vec::new();
+    let mut probe = Vec::new();
+    for (slot, m) in t.meta.iter_mut().enumerate() {
+        let Some(m) = m else { continue };
+        let Some(&id) = t.by_vip.get(&IpAddr::V4(m.vip4)) else {
+            continue;
+        };
+        debug_assert_eq!(id.index() as usize, slot);
+        let has_session = t
+            .endpoint
+            .peer(id)
+            .is_some_and(|p| p.send_session(now).is_some());
+        if !has_session {
+            continue;
+        }
+        if m.path != PathKind::Relayed
+            && m.relay.is_some()
+            && now.duration_since(m.last_rx) > timers.direct_silence
+            && m.set_relayed()
+        {
+            tracing::info!(peer = %m.fqdn, "direct path silent; back to the relay");
+        }
+        if now.duration_since(m.last_tx) >= timers.keepalive {
+            m.last_tx = now;
+            keepalive.push(id);
+        }
+        if m.path == PathKind::Relayed
+            && !m.candidates.is_empty()
+            && now.duration_since(m.last_probe) >= timers.probe_interval
+        {
+            m.last_probe = now;
+            probe.push((id, m.candidates.clone()));
+        }
+    }
+    let mut body = [0u8; 32];
+    if let Ok(len) = ControlRepr::KeepAlive.emit(&mut body) {
+        for id in keepalive {
+            shared.send_control(t, now, id, &body[..len]);
+        }
+    }
+    for (id, candidates) in probe {
+        for endpoint in candidates {
+            let probe_id = t.next_probe;
+            t.next_probe += 1;
+            let Ok(len) = (ControlRepr::PathProbe {
+                probe_id,
+                path_tag: 1,
+            })
+            .emit(&mut body) else {
+                continue;
+            };
+            let direct = Route {
+                endpoint,
+                relay_channel: None,
+            };
+            shared.send_control_via(t, now, id, direct, &body[..len]);
+        }
     }
 }
 

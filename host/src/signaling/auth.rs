@@ -104,7 +104,7 @@ impl AuthClient {
         purpose: Purpose,
         request: SignalMessage,
     ) -> Result<LoginOutcome, SignalingError> {
-        let socket = connected_socket(as_addr, self.config.bind).await?;
+        let socket = connected_socket(as_addr, self.config.bind, self.config.share_port).await?;
         let channel = ChannelClient::new(cloud_public, node_static, Service::Auth, purpose);
         let mut signaling_config = self.config.signaling.clone();
         signaling_config.persistent = false;

@@ -109,6 +109,9 @@ pub struct ClientConfig {
     /// Local address for the connection's socket; `None` binds the wildcard address of
     /// the service's family on an ephemeral port.
     pub bind: Option<SocketAddr>,
+    /// Share `bind`'s port with another socket of this process (SO_REUSEPORT; the other
+    /// socket must set it too).
+    pub share_port: bool,
     /// First delay before a persistent channel that was lost is tried again; doubles
     /// up to [`Self::max_reconnect_delay`].
     pub reconnect_delay: Duration,
@@ -120,6 +123,7 @@ impl Default for ClientConfig {
         Self {
             signaling: SignalingConfig::default(),
             bind: None,
+            share_port: false,
             reconnect_delay: Duration::from_secs(1),
             max_reconnect_delay: Duration::from_secs(30),
         }
@@ -127,16 +131,42 @@ impl Default for ClientConfig {
 }
 
 /// Binds a UDP socket for talking to `peer` and connects it, so that only the peer's
-/// datagrams are received.
+/// datagrams are received. With `share_port` the socket joins the port of another socket
+/// of this process (SO_REUSEPORT): the node's NMS channel leaves from its tunnel port, so
+/// the source the NMS observes (through any NAT) is the tunnel port's mapping, and the
+/// kernel still hands the NMS's datagrams to this connected socket alone.
 async fn connected_socket(
     peer: SocketAddr,
     bind: Option<SocketAddr>,
+    share_port: bool,
 ) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let local = bind.unwrap_or(match peer {
         SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
         SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
     });
-    let socket = tokio::net::UdpSocket::bind(local).await?;
+    // An IPv4 service from a dual-stack IPv6 socket is addressed as mapped.
+    let peer = match (local, peer) {
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => peer,
+    };
+    let domain = if local.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if local.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    if share_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&local.into())?;
+    let socket = tokio::net::UdpSocket::from_std(socket.into())?;
     socket.connect(peer).await?;
     Ok(socket)
 }

@@ -88,7 +88,7 @@ impl NmsClient {
         node_static: &StaticSecret,
         credential: SignedCredential,
     ) -> Result<Self, SignalingError> {
-        let socket = connected_socket(nms_addr, config.bind).await?;
+        let socket = connected_socket(nms_addr, config.bind, config.share_port).await?;
         let local_addr = socket.local_addr()?;
         let channel = ChannelClient::new(
             cloud_public,

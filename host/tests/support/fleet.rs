@@ -98,6 +98,8 @@ pub struct NodeOptions {
     pub crypto: Vec<&'static str>,
     pub suites: Vec<&'static str>,
     pub listen_port: u16,
+    /// The mobility plugin file; `None` makes the node poll its addresses.
+    pub mobility: Option<&'static str>,
 }
 
 impl Default for NodeOptions {
@@ -107,6 +109,7 @@ impl Default for NodeOptions {
             crypto: vec!["libcyphonic_aes_gcm.so", "libcyphonic_chacha20_poly1305.so"],
             suites: vec![],
             listen_port: 7400,
+            mobility: Some("libcyphonic_netlink_mobility.so"),
         }
     }
 }
@@ -136,6 +139,10 @@ impl Node {
             .map(|p| format!("\"{}\"", built(p).display()))
             .collect();
         let suites: Vec<String> = options.suites.iter().map(|s| format!("\"{s}\"")).collect();
+        let mobility = options.mobility.map_or_else(
+            || "null".to_owned(),
+            |m| format!("\"{}\"", built(m).display()),
+        );
         let config = dir.join("node.yaml");
         std::fs::write(
             &config,
@@ -152,6 +159,7 @@ tunnel:
 plugins:
   interface: \"{tun}\"
   crypto: [{crypto}]
+  mobility: {mobility}
 interface:
   name: cyph0
   mtu: 1420
@@ -160,6 +168,8 @@ resolver:
   system: resolv-conf
 control:
   socket: run/cyphonicd.sock
+mobility:
+  poll_interval_ms: 500
 ",
                 addr = cloud.addr,
                 pin = cloud.pin,
@@ -167,6 +177,7 @@ control:
                 suites = suites.join(", "),
                 tun = built("libcyphonic_linux_tun.so").display(),
                 crypto = crypto.join(", "),
+                mobility = mobility,
             ),
         )
         .expect("node config");

@@ -7,6 +7,7 @@
 #![allow(unsafe_code, dead_code, unreachable_pub)]
 
 pub mod fleet;
+pub mod topology;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -6,29 +6,35 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use cyphonic_host::config::{self, NodeConfig, SystemDnsMode};
 use cyphonic_host::control::{
     self, CloudStatus, NodeState, NodeStatus, PingReport, Request, Resolved, Response,
 };
-use cyphonic_host::packet::{DataPlane, PathKind, PeerPlacement};
+use cyphonic_host::mobility::{Detector, Source as MobilitySource};
+use cyphonic_host::packet::{
+    DataPlane, PathKind, PathTimers, PeerPlacement, RelayPath, RelayState,
+};
 use cyphonic_host::plugins::PluginSet;
 use cyphonic_host::resolver::system::{SystemDns, SystemDnsMode as SystemMode};
 use cyphonic_host::resolver::{
     self, OverlayAddrs, OverlayError, OverlayResolver, OwnName, Resolver, ResolverConfig,
     ResolverHandle,
 };
-use cyphonic_host::signaling::{AuthClient, NmsClient, NmsEvent, SignalingError};
+use cyphonic_host::signaling::{
+    AuthClient, ClientConfig, NmsClient, NmsEvent, SignalingError, resolve_relay_endpoint,
+};
 use cyphonic_host::state::{StateDir, StoredCredential};
 use cyphonic_plugin_abi::VifSettings;
 use cyphonic_proto::credential::Credential;
 use cyphonic_proto::time::UnixTime;
 use cyphonic_proto::tunnel::{Endpoint, LocalIdentity, PeerId, TunnelConfig};
 use cyphonic_proto::wire::Fqdn;
-use cyphonic_proto::wire::signal::{MAX_ENDPOINTS, PathPlan, PeerRoute};
+use cyphonic_proto::wire::signal::{MAX_ENDPOINTS, PathPlan, PeerRoute, RelayOffer};
 use cyphonic_proto::wire::status::StatusCode;
 use ed25519_dalek::VerifyingKey;
 use tokio::sync::{Notify, mpsc, watch};
@@ -41,6 +47,13 @@ const LOGIN_POLL: Duration = Duration::from_secs(2);
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
 /// How long `cyphonic resolve` and `cyphonic ping` wait for a direction and handshake.
 const CLI_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long hole punching may take before the relay is used.
+const PUNCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Punches go out this often while punching.
+const PUNCH_INTERVAL: Duration = Duration::from_millis(150);
+/// How long a relay bind may take (both ends bound).
+const RELAY_BIND_TIMEOUT: Duration = Duration::from_secs(4);
+const RELAY_REBIND_INTERVAL: Duration = Duration::from_millis(300);
 /// How long the NMS gets to answer a logout on the way down.
 const FINALIZE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -51,6 +64,7 @@ pub(crate) async fn run(config_path: PathBuf, config: NodeConfig) -> anyhow::Res
     let plugins = PluginSet::load(
         &config.plugins.interface,
         &config.plugins.crypto,
+        config.plugins.mobility.as_deref(),
         &preference,
     )
     .context("loading plugins")?;
@@ -117,7 +131,10 @@ struct Session {
     domain: Fqdn,
     dataplane: DataPlane,
     nms: NmsClient,
+    nms_addrs: Vec<SocketAddr>,
     socket_v6: bool,
+    /// The NMS sees us at an address that is none of ours.
+    behind_nat: AtomicBool,
     ifname: String,
     resolver_addrs: Mutex<Vec<SocketAddr>>,
     resolver_stats: Mutex<Option<resolver::StatsHandle>>,
@@ -319,12 +336,24 @@ impl Node {
             endpoint,
             (credential.vip4, credential.vip6),
             details.mtu as usize,
+            PathTimers {
+                keepalive: Duration::from_secs(cfg.tunnel.keepalive_secs.max(1)),
+                ..PathTimers::default()
+            },
             needs_tx,
         )
         .context("starting the data path")?;
 
         let nms_addr = first_addr(&cfg.cloud.nms).context("resolving cloud.nms")?;
-        let mut nms = NmsClient::connect(
+        // The NMS channel leaves from the tunnel port: what the NMS observes is then the
+        // NAT mapping peers must use to reach our tunnel.
+        let client = ClientConfig {
+            bind: Some(dataplane.local_addr()?),
+            share_port: true,
+            ..ClientConfig::default()
+        };
+        let mut nms = NmsClient::connect_with(
+            client,
             nms_addr,
             &self.cloud_key,
             &self.static_secret,
@@ -351,7 +380,13 @@ impl Node {
             credential: credential.clone(),
             dataplane,
             nms,
+            nms_addrs: vec![nms_addr],
             socket_v6,
+            behind_nat: AtomicBool::new(
+                registration
+                    .observed
+                    .is_some_and(|o| !endpoints.contains(&o)),
+            ),
             ifname: details.ifname.clone(),
             resolver_addrs: Mutex::new(Vec::new()),
             resolver_stats: Mutex::new(None),
@@ -388,6 +423,25 @@ impl Node {
         ));
         running.tasks.push(tokio::spawn(
             self.clone().renewal_loop(Arc::clone(&session)),
+        ));
+        let (moves_tx, moves_rx) = mpsc::unbounded_channel();
+        let source = match &self.plugins.mobility {
+            Some(plugin) => MobilitySource::Plugin(plugin.clone()),
+            None => MobilitySource::Poll {
+                interval: Duration::from_millis(cfg.mobility.poll_interval_ms),
+            },
+        };
+        let detector = Detector::start(
+            source,
+            &session.ifname,
+            Duration::from_millis(cfg.mobility.poll_interval_ms),
+            moves_tx,
+        )
+        .context("starting the mobility detector")?;
+        tracing::info!(detector = detector.kind, "watching for address changes");
+        running.mobility = Some(detector);
+        running.tasks.push(tokio::spawn(
+            self.clone().mobility_loop(Arc::clone(&session), moves_rx),
         ));
         Ok((session, running))
     }
@@ -503,7 +557,22 @@ impl Node {
                 NmsEvent::RouteDirectionToResponder { direction_id, peer } => {
                     let fqdn = peer.credential.credential().fqdn.clone();
                     let status = match session.add_route(&peer) {
-                        Ok(_) => StatusCode::SUCCESS,
+                        Ok((id, _)) => {
+                            // Punch and bind in the background: the initiator waits
+                            // for our confirmation before it starts.
+                            let session = Arc::clone(&session);
+                            tokio::spawn(async move {
+                                session.establish_path(id, direction_id, &peer).await;
+                                // Behind NAT on a direct plan we must send first: the
+                                // initiator's handshake cannot get in before we did.
+                                if peer.plan == PathPlan::Direct
+                                    && session.behind_nat.load(Ordering::Relaxed)
+                                {
+                                    session.dataplane.ensure_session(id);
+                                }
+                            });
+                            StatusCode::SUCCESS
+                        }
                         Err(e) => {
                             tracing::warn!(peer = %fqdn, error = %e, "refusing a direction");
                             StatusCode::FORBIDDEN
@@ -551,12 +620,16 @@ impl Node {
             let session = Arc::clone(&session);
             tokio::spawn(async move {
                 match session.nms.direction_by_address(vip).await {
-                    Ok((_, route)) => {
-                        if let Err(e) = session.add_route(&route) {
+                    Ok((direction_id, route)) => match session.add_route(&route) {
+                        Ok((id, _)) => {
+                            session.establish_path(id, direction_id, &route).await;
+                            session.dataplane.flush_pending(id);
+                        }
+                        Err(e) => {
                             tracing::warn!(%vip, error = %e, "route for a destination refused");
                             session.dataplane.direction_failed(vip, true);
                         }
-                    }
+                    },
                     Err(e) => {
                         let unknown = e.status().is_some_and(|s| {
                             matches!(
@@ -569,6 +642,47 @@ impl Node {
                     }
                 }
             });
+        }
+    }
+
+    /// The host moved (addresses or default route changed): tell the NMS where we are
+    /// now and every peer, over the new path, with an update sealed in its session.
+    /// Sessions and virtual addresses stay, so connections inside the overlay survive.
+    async fn mobility_loop(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        mut moves: mpsc::UnboundedReceiver<()>,
+    ) {
+        let port = session
+            .dataplane
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0);
+        let mut last = registration_endpoints(port, &session.ifname, session.socket_v6);
+        while moves.recv().await.is_some() {
+            // A burst of events is one move.
+            while moves.try_recv().is_ok() {}
+            let endpoints = registration_endpoints(port, &session.ifname, session.socket_v6);
+            if endpoints == last {
+                continue;
+            }
+            tracing::info!(from = ?last, to = ?endpoints, "this node moved");
+            last = endpoints.clone();
+            session.dataplane.announce_move(&endpoints);
+            match session.nms.address_update(endpoints.clone()).await {
+                Ok(observed) => {
+                    session.behind_nat.store(
+                        observed.is_some_and(|o| !endpoints.contains(&o)),
+                        Ordering::Relaxed,
+                    );
+                    lock(&session.cloud).observed = observed;
+                    *lock(&session.last_contact) = Some(Instant::now());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "telling the NMS about the move failed");
+                    self.note_error(format!("address update failed: {e}"));
+                }
+            }
         }
     }
 
@@ -615,8 +729,8 @@ impl Node {
         if let Some((id, v4, v6, true)) = session.dataplane.peer_by_fqdn(name) {
             return Ok(Some((id, v4, v6)));
         }
-        let route = match session.nms.direction(name.clone()).await {
-            Ok((_, route)) => route,
+        let (direction_id, route) = match session.nms.direction(name.clone()).await {
+            Ok(found) => found,
             Err(e) => {
                 return match e.status() {
                     Some(StatusCode::NOT_FOUND | StatusCode::OFFLINE | StatusCode::FORBIDDEN) => {
@@ -630,6 +744,8 @@ impl Node {
         let (id, mut established) = session
             .add_route(&route)
             .map_err(|e| OverlayError::Failed(e.to_string()))?;
+        session.establish_path(id, direction_id, &route).await;
+        session.dataplane.flush_pending(id);
         session.dataplane.ensure_session(id);
         let c = route.credential.credential();
         let has_session = |s: &Session| {
@@ -828,19 +944,136 @@ impl Node {
 }
 
 impl Session {
-    /// Adds (or updates) the peer a Route Direction describes.
+    /// Adds (or updates) the peer a Route Direction describes, placed at its best
+    /// candidate until [`Session::establish_path`] settled the path.
     fn add_route(&self, route: &PeerRoute) -> anyhow::Result<(PeerId, watch::Receiver<u64>)> {
-        let placement = placement(route, self.socket_v6)
-            .ok_or_else(|| anyhow!("the route offers no endpoint this node can reach"))?;
+        let placement = placement(route, self.socket_v6);
+        if placement.is_none() && route.relay.is_none() {
+            bail!("the route offers no endpoint and no relay this node can use");
+        }
+        // Without a usable endpoint the relay decides; the placeholder is never used
+        // for sending before `establish_path` set the relay.
+        let placement = placement.unwrap_or(PeerPlacement {
+            endpoint: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+            path: PathKind::Relayed,
+            candidates: Vec::new(),
+        });
         self.dataplane
             .add_peer(route.credential.clone(), placement)
             .map_err(|e| anyhow!("{e}"))
     }
+
+    /// Carries out the route's plan: nothing more for direct and local paths;
+    /// simultaneous hole punching for `HolePunch` (both ends run this at once), and the
+    /// relay when punching found nothing within [`PUNCH_TIMEOUT`], when the plan is
+    /// `Relay`, or when the two nodes share no address family.
+    async fn establish_path(&self, id: PeerId, direction_id: [u8; 16], route: &PeerRoute) {
+        let peer = route.credential.credential();
+        let usable_direct = placement(route, self.socket_v6).is_some();
+        let punch = matches!(route.plan, PathPlan::HolePunch) && usable_direct;
+        if punch {
+            let candidates = punch_candidates(route, self.socket_v6);
+            let mut found = self.dataplane.start_punch(
+                direction_id,
+                id,
+                peer.node_id,
+                self.credential.node_id,
+                &route.punch_key,
+            );
+            let deadline = tokio::time::Instant::now() + PUNCH_TIMEOUT;
+            let mut endpoint = None;
+            while tokio::time::Instant::now() < deadline {
+                self.dataplane.punch(direction_id, &candidates);
+                let step = tokio::time::timeout(PUNCH_INTERVAL, found.changed()).await;
+                if let Some(at) = *found.borrow() {
+                    endpoint = Some(at);
+                    break;
+                }
+                if matches!(step, Ok(Err(_))) {
+                    break;
+                }
+            }
+            // A late punch from the peer still needs an answer for a moment.
+            let dataplane_end = direction_id;
+            if let Some(at) = endpoint {
+                let kind = if route.real.contains(&at) && !route.observed.contains(&at) {
+                    PathKind::Local
+                } else {
+                    PathKind::Punched
+                };
+                tracing::info!(peer = %peer.fqdn, endpoint = %at, ?kind, "hole punched");
+                self.dataplane.set_direct(id, at, kind);
+                // Keep answering the peer's punches a little longer.
+                tokio::time::sleep(PUNCH_INTERVAL * 4).await;
+                self.dataplane.end_punch(&dataplane_end);
+                return;
+            }
+            self.dataplane.end_punch(&dataplane_end);
+            tracing::info!(peer = %peer.fqdn, "hole punching found no path");
+        }
+        if punch || matches!(route.plan, PathPlan::Relay) || !usable_direct {
+            if let Some(offer) = &route.relay {
+                self.bind_relay(id, offer, peer).await;
+            }
+        }
+    }
+
+    async fn bind_relay(&self, id: PeerId, offer: &RelayOffer, peer: &Credential) {
+        let trs = offer
+            .trs_endpoints
+            .iter()
+            .filter_map(|e| resolve_relay_endpoint(*e, &self.nms_addrs))
+            .find(|e| self.socket_v6 || e.is_ipv4());
+        let Some(trs) = trs else {
+            tracing::warn!(peer = %peer.fqdn, trs = %offer.trs_name, "no TRS endpoint in a family this node has");
+            return;
+        };
+        let mut state =
+            self.dataplane
+                .relay_bind(offer.ticket, &offer.bind_key, self.credential.node_id, trs);
+        let deadline = tokio::time::Instant::now() + RELAY_BIND_TIMEOUT;
+        while tokio::time::Instant::now() < deadline && *state.borrow() != RelayState::BothBound {
+            if tokio::time::timeout(RELAY_REBIND_INTERVAL, state.changed())
+                .await
+                .is_err()
+                && *state.borrow() == RelayState::Unbound
+            {
+                self.dataplane.relay_rebind(&offer.ticket.ticket_id, trs);
+            }
+        }
+        let reached = *state.borrow();
+        if reached == RelayState::Unbound {
+            tracing::warn!(peer = %peer.fqdn, %trs, "the TRS did not accept our bind");
+            return;
+        }
+        self.dataplane.set_relay(
+            id,
+            RelayPath {
+                name: offer.trs_name.to_string(),
+                trs,
+                channel: offer.ticket.channel_id(),
+            },
+        );
+    }
+}
+
+/// Every endpoint of the peer worth a punch: NAT-observed first, then real ones.
+fn punch_candidates(route: &PeerRoute, socket_v6: bool) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = route
+        .observed
+        .iter()
+        .chain(&route.real)
+        .filter(|a| socket_v6 || a.is_ipv4())
+        .copied()
+        .collect();
+    out.dedup();
+    out
 }
 
 /// What a session started besides the data path, stopped in reverse order.
 #[derive(Default)]
 struct Running {
+    mobility: Option<Detector>,
     resolver: Option<ResolverHandle>,
     system_dns: Option<SystemDns>,
     tasks: Vec<JoinHandle<()>>,
@@ -851,6 +1084,7 @@ impl Running {
         for task in self.tasks.drain(..) {
             task.abort();
         }
+        self.mobility = None;
         if let Some(dns) = self.system_dns.take() {
             if let Err(e) = dns.uninstall() {
                 tracing::error!("restoring the system DNS configuration: {e}");
@@ -906,14 +1140,16 @@ impl OverlayResolver for OverlayLookup {
 
 /// Where to send to a peer, from its route: the real endpoints for direct and local
 /// plans, the NAT-observed ones first for hole punching. Endpoints of a family the
-/// socket cannot use are skipped.
+/// socket cannot use are skipped; `None` when none is left (a relay must do).
 fn placement(route: &PeerRoute, socket_v6: bool) -> Option<PeerPlacement> {
     let usable = |a: &&&SocketAddr| socket_v6 || a.is_ipv4();
+    // A peer behind NAT is reached at its mapping (it opens it by sending first), a
+    // public one or one on our LAN at its real address.
+    let behind_nat = route.observed.iter().any(|o| !route.real.contains(o));
     let candidates: Vec<&SocketAddr> = match route.plan {
-        PathPlan::HolePunch => route.observed.iter().chain(&route.real).collect(),
-        PathPlan::Direct | PathPlan::Local | PathPlan::Relay => {
-            route.real.iter().chain(&route.observed).collect()
-        }
+        PathPlan::Local => route.real.iter().chain(&route.observed).collect(),
+        _ if behind_nat => route.observed.iter().chain(&route.real).collect(),
+        _ => route.real.iter().chain(&route.observed).collect(),
     };
     // Prefer the family the peer reaches the cloud with: it is the one that routes.
     let family_v4 = route.observed.first().map(SocketAddr::is_ipv4);
@@ -922,9 +1158,15 @@ fn placement(route: &PeerRoute, socket_v6: bool) -> Option<PeerPlacement> {
         .filter(usable)
         .find(|a| family_v4.is_none_or(|v4| a.is_ipv4() == v4))
         .or_else(|| candidates.iter().find(usable))?;
+    let path = match route.plan {
+        PathPlan::Direct => PathKind::Direct,
+        PathPlan::Local => PathKind::Local,
+        PathPlan::HolePunch | PathPlan::Relay => PathKind::Punched,
+    };
     Some(PeerPlacement {
         endpoint: **endpoint,
-        path: PathKind::Direct,
+        path,
+        candidates: punch_candidates(route, socket_v6),
     })
 }
 
@@ -954,24 +1196,43 @@ fn registration_endpoints(port: u16, overlay_ifname: &str, socket_v6: bool) -> V
     out
 }
 
-/// A dual-stack UDP socket on `port` (IPv4-only when the host has no IPv6).
+/// A dual-stack UDP socket on `port` (IPv4-only when the host has no IPv6), open to
+/// sharing its port with our NMS channel (SO_REUSEPORT) but never with anyone else: a
+/// plain bind first proves the port is free.
 fn bind_data_socket(port: u16, buffer: usize) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let v6 = (|| {
-        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_only_v6(false)?;
-        s.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
+    let bind = |domain: Domain, addr: SocketAddr, share: bool| {
+        let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        if domain == Domain::IPV6 {
+            s.set_only_v6(false)?;
+        }
+        if share {
+            s.set_reuse_port(true)?;
+        }
+        s.bind(&addr.into())?;
         Ok::<_, std::io::Error>(s)
-    })();
-    let socket = match v6 {
-        Ok(s) => s,
+    };
+    let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let (domain, any) = match bind(Domain::IPV6, v6, false) {
+        Ok(probe) => {
+            drop(probe);
+            (Domain::IPV6, v6)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("UDP port {port} is in use (another cyphonicd?)"),
+            ));
+        }
         Err(e) => {
             tracing::info!(error = %e, "no IPv6 socket; the tunnel uses IPv4 only");
-            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-            s.bind(&SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port).into())?;
-            s
+            drop(bind(Domain::IPV4, v4, false)?);
+            (Domain::IPV4, v4)
         }
     };
+    // With port 0 the probe's port is gone again; any port with sharing on will do.
+    let socket = bind(domain, any, true)?;
     // Bursts of a fast TCP stream overflow the default 208 KiB before the receive
     // thread is scheduled again on a busy machine.
     let got = cyphonic_host::sys::set_socket_buffers(&socket, buffer);
@@ -1027,6 +1288,9 @@ fn resolver_counters(s: &resolver::ResolverStats) -> Vec<(&'static str, u64)> {
 fn path_name(path: PathKind) -> String {
     match path {
         PathKind::Direct => "direct".into(),
+        PathKind::Punched => "punched".into(),
+        PathKind::Local => "local".into(),
+        PathKind::Relayed => "relayed".into(),
     }
 }
 
