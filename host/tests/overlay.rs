@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use support::fleet::{Cloud, Node, NodeOptions};
-use support::{Lab, built, run, wait_for};
+use support::{Lab, built, run, udp_payloads, wait_for};
 
 const CLOUD_IP: &str = "198.51.100.1";
 const UPSTREAM_ANSWER: [u8; 4] = [192, 0, 2, 55];
@@ -516,40 +516,4 @@ fn send_secret(lab: &Lab, from_ns: &str, to_ns: &str, to: IpAddr) {
     .join()
     .unwrap();
     assert_eq!(receiver.join().unwrap(), SECRET);
-}
-
-/// UDP payloads of IPv4 packets to `dst` in a pcap file (Ethernet link type).
-fn udp_payloads(pcap: &[u8], dst: [u8; 4]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    if pcap.len() < 24 {
-        return out;
-    }
-    let le = pcap[..4] == [0xd4, 0xc3, 0xb2, 0xa1];
-    let u32_at = |b: &[u8]| {
-        let a = [b[0], b[1], b[2], b[3]];
-        if le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        }
-    };
-    let mut pos = 24;
-    while pos + 16 <= pcap.len() {
-        let incl = u32_at(&pcap[pos + 8..]) as usize;
-        let start = pos + 16;
-        pos = start + incl;
-        let Some(frame) = pcap.get(start..start + incl) else {
-            break;
-        };
-        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
-            continue;
-        }
-        let ip = &frame[14..];
-        let ihl = usize::from(ip[0] & 0x0f) * 4;
-        if ip[9] != 17 || ip[16..20] != dst || ip.len() < ihl + 8 {
-            continue;
-        }
-        out.push(ip[ihl + 8..].to_vec());
-    }
-    out
 }
