@@ -68,7 +68,7 @@ pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
     parse(&text, &absolute)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The node key and the stored credential (both mode 0600) live here.
@@ -89,9 +89,13 @@ pub struct NodeConfig {
     pub control: ControlSection,
     #[serde(default)]
     pub mobility: MobilitySection,
+    /// The config-logic script (`scripts/config.lua`), run on every load and reload;
+    /// null: none.
+    #[serde(default)]
+    pub config_script: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MobilitySection {
     /// How often the polling detector compares the host's addresses (when no plugin
@@ -108,7 +112,7 @@ impl Default for MobilitySection {
 }
 
 /// Where the cloud is and which key it signs with.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudSection {
     /// The AS, `host:port` (a name is resolved at every connection).
@@ -120,7 +124,7 @@ pub struct CloudSection {
     pub key: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TunnelSection {
     /// UDP port for node-to-node traffic on every local address; 0 picks one.
@@ -147,7 +151,7 @@ impl Default for TunnelSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsSection {
     /// The virtual-interface plugin (`libcyphonic_linux_tun.so`).
@@ -160,7 +164,7 @@ pub struct PluginsSection {
     pub mobility: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InterfaceSection {
     /// The OS name of the virtual interface; null lets the plugin choose.
@@ -202,7 +206,7 @@ pub enum SystemDnsMode {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResolverSection {
     /// Addresses the resolver answers on. Empty: the node's virtual IPv4, port 53.
@@ -242,7 +246,7 @@ impl Default for ResolverSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlSection {
     /// The local API's Unix socket (mode 0600, root only).
@@ -294,6 +298,9 @@ impl NodeConfig {
         }
         join(&mut self.resolver.filter);
         join(&mut self.control.socket);
+        if let Some(p) = self.config_script.as_mut() {
+            join(p);
+        }
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {

@@ -41,6 +41,8 @@ pub enum Request {
     CredentialChanged,
     /// Log out at the NMS, forget the credential, take the interface down.
     Logout,
+    /// Re-read the configuration and scripts now (also on file change and SIGHUP).
+    Reload,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +52,7 @@ pub enum Response {
     Peers { peers: Vec<PeerStatus> },
     Resolved(Resolved),
     Ping(PingReport),
+    Reloaded(ReloadReport),
     Done { message: String },
     Error { message: String },
 }
@@ -83,6 +86,22 @@ pub struct NodeStatus {
     pub counters: BTreeMap<String, u64>,
     /// The last error worth showing (e.g. why the cloud is unreachable).
     pub last_error: Option<String>,
+    /// What the last configuration reload did.
+    pub last_reload: Option<ReloadReport>,
+}
+
+/// The outcome of a configuration reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Settings that differ from the running configuration.
+    pub changed: Vec<String>,
+    /// Of those, the ones now in effect.
+    pub applied: Vec<String>,
+    /// Of those, the ones not applied, and why (a restart is needed).
+    pub refused: Vec<String>,
+    /// Why nothing was applied (the running configuration stays), with file, line and
+    /// column when the YAML or a script is at fault.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod config_logic;
 pub mod control;
 pub mod lua;
 pub mod mobility;
@@ -24,3 +25,4 @@ pub mod resolver;
 pub mod signaling;
 pub mod state;
 pub mod sys;
+pub mod validate;

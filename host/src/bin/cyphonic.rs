@@ -70,6 +70,12 @@ enum Command {
     },
     /// Log out: the NMS forgets the node, the credential is deleted, the interface goes.
     Logout,
+    /// Re-read the configuration and scripts now; prints what changed, what was
+    /// applied and what was refused.
+    Reload,
+    /// Check a configuration offline the way a reload does (parse, config logic, DNS
+    /// filter, plugins); default: the --config file.
+    CheckConfig { file: Option<PathBuf> },
 }
 
 fn main() -> std::process::ExitCode {
@@ -94,18 +100,33 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    let config = config::load(&cli.config)
-        .with_context(|| format!("loading the configuration {}", cli.config.display()))?;
-    let socket = cli
-        .socket
-        .clone()
-        .unwrap_or_else(|| config.control.socket.clone());
+    if let Command::CheckConfig { file } = &cli.command {
+        let path = file.clone().unwrap_or_else(|| cli.config.clone());
+        return check_config(&path, cli.json);
+    }
+    let loaded = config::load(&cli.config)
+        .with_context(|| format!("loading the configuration {}", cli.config.display()));
+    // A broken file must not lock the operator out of a daemon still running with the
+    // previous one: talk to it at the given or the default socket.
+    let socket = match (&cli.socket, &loaded) {
+        (Some(socket), _) => socket.clone(),
+        (None, Ok(config)) => config.control.socket.clone(),
+        (None, Err(e)) if !matches!(cli.command, Command::Login { .. }) => {
+            eprintln!(
+                "cyphonic: warning: {e:#}; trying {}",
+                config::DEFAULT_CONTROL_SOCKET
+            );
+            PathBuf::from(config::DEFAULT_CONTROL_SOCKET)
+        }
+        (None, Err(_)) => PathBuf::new(),
+    };
     let mut out = std::io::stdout().lock();
     let request = match &cli.command {
         Command::Login {
             device_id,
             password_stdin,
         } => {
+            let config = loaded?;
             login(&config, device_id.clone(), *password_stdin).await?;
             // A daemon that is not running picks the credential up when it starts.
             let _ = control::request(&socket, &Request::CredentialChanged).await;
@@ -129,6 +150,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             interval_ms: *interval_ms,
         },
         Command::Logout => Request::Logout,
+        Command::Reload => Request::Reload,
+        Command::CheckConfig { .. } => unreachable!("handled above"),
     };
     let response = control::request(&socket, &request).await?;
     if cli.json {
@@ -136,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         writeln!(out)?;
         return Ok(match response {
             Response::Error { .. } => std::process::ExitCode::FAILURE,
+            Response::Reloaded(ref r) if r.error.is_some() => std::process::ExitCode::FAILURE,
             Response::Ping(ref p) if p.rtts_ms.iter().all(Option::is_none) => {
                 std::process::ExitCode::FAILURE
             }
@@ -159,12 +183,73 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::FAILURE);
             }
         }
+        Response::Reloaded(report) => {
+            if let Some(error) = &report.error {
+                bail!("configuration not reloaded (the running one stays): {error}");
+            }
+            if report.changed.is_empty() {
+                writeln!(out, "nothing changed")?;
+            }
+            for name in &report.applied {
+                writeln!(out, "applied:  {name}")?;
+            }
+            for reason in &report.refused {
+                writeln!(out, "refused:  {reason}")?;
+            }
+        }
         Response::Done { message } => writeln!(out, "{message}")?,
         Response::Error { message } => {
             bail!("{message}");
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `cyphonic check-config`: everything a reload validates, without a daemon.
+fn check_config(path: &std::path::Path, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let result = (|| -> anyhow::Result<Vec<String>> {
+        let config = config::load(path)?;
+        let (config, changed) = cyphonic_host::validate::config_logic(config)?;
+        cyphonic_host::validate::filter(&config)?;
+        let plugins = cyphonic_host::validate::plugins(&config)?;
+        let mut lines: Vec<String> = changed
+            .iter()
+            .map(|k| format!("config logic sets {k}"))
+            .collect();
+        lines.extend(
+            plugins
+                .infos()
+                .into_iter()
+                .map(|p| format!("{} plugin {} {} ({})", p.kind, p.name, p.version, p.path)),
+        );
+        Ok(lines)
+    })();
+    let mut out = std::io::stdout().lock();
+    match result {
+        Ok(lines) => {
+            if json {
+                writeln!(out, "{}", serde_json::json!({"ok": true, "notes": lines}))?;
+            } else {
+                writeln!(out, "{}: OK", path.display())?;
+                for l in lines {
+                    writeln!(out, "  {l}")?;
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"ok": false, "error": format!("{e:#}")})
+                )?;
+            } else {
+                eprintln!("cyphonic: {e:#}");
+            }
+            Ok(std::process::ExitCode::FAILURE)
+        }
+    }
 }
 
 async fn login(

@@ -728,6 +728,47 @@ impl DataPlane {
         }
     }
 
+    /// Starts a new handshake with every peer that has a session: after the suite
+    /// list changed, so the new one is used without waiting for the regular rekey.
+    /// Traffic keeps flowing on the current sessions until the new ones are confirmed.
+    pub fn rekey_all(&self) {
+        let now = Instant::now();
+        let unix_now = unix_now();
+        let mut guard = self.shared.lock();
+        let t = &mut *guard;
+        let ids: Vec<PeerId> = t
+            .by_vip
+            .iter()
+            .filter(|(vip, _)| vip.is_ipv4())
+            .map(|(_, id)| *id)
+            .collect();
+        let mut scratch = std::mem::take(&mut t.scratch);
+        for id in ids {
+            let Some(route) = t.destination(id) else {
+                continue;
+            };
+            let Some(peer) = t.endpoint.peer_mut(id) else {
+                continue;
+            };
+            if peer.send_session(now).is_none() || peer.handshake_in_progress() {
+                continue;
+            }
+            match peer.initiate_handshake(now, unix_now, &mut OsRng, &mut scratch) {
+                Ok(len) => self.shared.send_route(route, &scratch[..len]),
+                Err(e) => tracing::warn!(peer = %id, error = %e, "cannot start a rekey"),
+            }
+        }
+        t.scratch = scratch;
+        drop(guard);
+        self.shared.wake_timer();
+    }
+
+    /// New keepalive and probing timers (a reload).
+    pub fn set_timers(&self, timers: PathTimers) {
+        self.shared.lock().timers = timers;
+        self.shared.wake_timer();
+    }
+
     /// Presents a new identity (a renewed credential) from the next handshake on.
     pub fn set_identity(&self, identity: LocalIdentity) {
         self.shared.lock().endpoint.set_identity(identity);

@@ -232,6 +232,9 @@ mobility:
             .cmd(&self.ns, built("cyphonic"))
             .arg("--config")
             .arg(&self.config)
+            // Explicit, so the CLI reaches the daemon even while its file is broken.
+            .arg("--socket")
+            .arg(self.dir.join("run/cyphonicd.sock"))
             .arg("--json")
             .args(args)
             .output()

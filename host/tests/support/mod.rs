@@ -7,6 +7,7 @@
 #![allow(unsafe_code, dead_code, unreachable_pub)]
 
 pub mod fleet;
+pub mod pair;
 pub mod topology;
 
 use std::fs::File;

@@ -1,4 +1,4 @@
-//! Calls into a crypto-suite plugin the way a careless or hostile C host could: raw
+//! Calls into a plugin the way a careless or hostile C host could: raw
 //! vtable calls with lengths and pointers the safe wrappers refuse to build. The buffers
 //! are always real and owned here, so a conforming plugin only has to check what it is
 //! told; a plugin that trusted `len` over `buf_cap` would read or write past them.
@@ -6,13 +6,18 @@
 //! The mirrors of `cyphonic_plugin_header` and `cyphonic_crypto_op` follow
 //! `plugins/abi/include/cyphonic_plugin.h`; [`check_mirrors`] compares them against
 //! the Rust definitions before any call.
+//!
+//! For virtual interfaces, [`vif_open_unvalidated`] hands the plugin a configuration
+//! the safe wrapper would refuse before calling it (prefix lengths past the address
+//! width), so the plugin's own checks are what is tested.
 
 #![allow(unsafe_code)]
 
-use std::ffi::{c_char, c_void};
+use std::ffi::{CString, c_char, c_void};
 
 use cyphonic_plugin_abi::{
-    CryptoOp, CryptoVtable, LastErrorFn, NONCE_LEN, Plugin, PluginKind, Status,
+    CryptoOp, CryptoVtable, LastErrorFn, NONCE_LEN, Plugin, PluginKind, Route, Status, VifConfig,
+    VifSettings, VifVtable,
 };
 
 /// A misuse of a crypto plugin's batch functions.
@@ -126,6 +131,73 @@ pub fn misuse(plugin: &Plugin, key_bytes: &[u8], misuse: Misuse) -> Answer {
     Answer { call, op }
 }
 
+/// What a virtual-interface plugin's `open` answered to [`vif_open_unvalidated`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenAnswer {
+    pub status: Status,
+    /// Whether `*out_handle` was non-null afterwards (the handle is closed again).
+    pub handle: bool,
+}
+
+/// Calls the `open` of a virtual-interface plugin with `settings` encoded as the safe
+/// wrapper would, but without [`VifSettings::validate`]: prefix lengths past the address
+/// width reach the plugin. A handle it returns is closed at once. Panics if the plugin
+/// is not a virtual interface, the header mirror does not match, or a string holds NUL.
+pub fn vif_open_unvalidated(plugin: &Plugin, settings: &VifSettings) -> OpenAnswer {
+    check_header_mirror(plugin);
+    assert_eq!(plugin.kind(), PluginKind::VirtualInterface, "not a vif");
+    let raw = raw_header(plugin);
+    assert!(raw.vtable_size as usize >= size_of::<VifVtable>());
+    // SAFETY: the loader validated this header: a virtual interface's vtable pointer is
+    // non-null, aligned and at least `size_of::<VifVtable>()` bytes (checked above), and
+    // stays valid forever (plugins are never unloaded).
+    let vtable = unsafe { raw.vtable.cast::<VifVtable>().read() };
+    let open = vtable.open.expect("a validated vif vtable has open");
+    let close = vtable.close.expect("a validated vif vtable has close");
+
+    let c_string = |s: &str| CString::new(s).expect("test strings have no NUL");
+    let ifname = settings.ifname.as_deref().map(c_string);
+    let options = settings.options.as_deref().map(c_string);
+    let routes: Vec<Route> = settings
+        .routes
+        .iter()
+        .map(|&(addr, len)| Route::new(addr, len))
+        .collect();
+    let (ipv4, ipv4_prefix_len) = settings.ipv4.map_or(([0; 4], 0), |(a, p)| (a.octets(), p));
+    let (ipv6, ipv6_prefix_len) = settings.ipv6.map_or(([0; 16], 0), |(a, p)| (a.octets(), p));
+    let cfg = VifConfig {
+        struct_size: size_of::<VifConfig>() as u32,
+        mtu: settings.mtu,
+        ifname: ifname.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+        has_ipv4: settings.ipv4.is_some().into(),
+        ipv4_prefix_len,
+        has_ipv6: settings.ipv6.is_some().into(),
+        ipv6_prefix_len,
+        ipv4,
+        ipv6,
+        routes: if routes.is_empty() {
+            std::ptr::null()
+        } else {
+            routes.as_ptr()
+        },
+        route_count: routes.len(),
+        options: options.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+    };
+    let mut handle: *mut c_void = std::ptr::null_mut();
+    // SAFETY: `cfg` and everything it points at (`ifname`, `options`, `routes`) live
+    // until the end of this function; `handle` is a writable out-pointer.
+    let status = Status(unsafe { open(&cfg, &mut handle) });
+    let returned = !handle.is_null();
+    if returned {
+        // SAFETY: a handle `open` just returned, closed once, with no call in flight.
+        unsafe { close(handle) };
+    }
+    OpenAnswer {
+        status,
+        handle: returned,
+    }
+}
+
 /// The mirror of `cyphonic_crypto_op`.
 #[repr(C)]
 struct RawOp {
@@ -164,11 +236,6 @@ fn check_mirrors(plugin: &Plugin) {
         size_of::<CryptoOp<'_>>(),
         "RawOp mirror size"
     );
-    assert_eq!(
-        size_of::<RawHeader>(),
-        size_of::<cyphonic_plugin_abi::PluginHeader>(),
-        "RawHeader mirror size"
-    );
     let mut buf = [0u8; 48];
     let op = CryptoOp::new(&[9; NONCE_LEN], b"aad", &mut buf, 17).expect("17 <= 48");
     // SAFETY: `RawOp` is a same-size `repr(C)` mirror of `CryptoOp`; reading plain
@@ -178,6 +245,17 @@ fn check_mirrors(plugin: &Plugin) {
         (raw.nonce, raw.len, raw.buf_cap, raw.aad_len, raw.status),
         (*op.nonce(), op.len(), op.capacity(), 3, op.status().code()),
         "RawOp mirror fields"
+    );
+    check_header_mirror(plugin);
+}
+
+/// Checks the header mirror against the real type: its size, and the fields the real
+/// type lets us read.
+fn check_header_mirror(plugin: &Plugin) {
+    assert_eq!(
+        size_of::<RawHeader>(),
+        size_of::<cyphonic_plugin_abi::PluginHeader>(),
+        "RawHeader mirror size"
     );
     let header = plugin.header();
     let raw = raw_header(plugin);

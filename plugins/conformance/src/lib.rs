@@ -1,15 +1,20 @@
 //! Support for the plugin conformance tests (`tests/`), which run the plugin contract
 //! against every plugin file the workspace builds, loaded by absolute path through the
 //! real loader: where those files are ([`PluginArtifact`]: next to the test executable,
-//! built on demand) and how a C host could misuse a plugin ([`c_host`]), which the safe
-//! wrappers cannot express. Also the suites' shared known-answer harness ([`kat`]).
+//! built on demand; [`built_plugins`]: every one of a kind that is there), how a C host
+//! could misuse a plugin ([`c_host`]), which the safe wrappers cannot express, and the
+//! network namespaces the interface and mobility contracts run in ([`netns`]). Also the
+//! suites' shared known-answer harness ([`kat`]).
 
 pub mod c_host;
 pub mod kat;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
+
+use cyphonic_plugin_abi::{Plugin, PluginKind};
 
 /// The crypto-suite plugin files of the workspace.
 pub const AES_GCM: PluginArtifact = PluginArtifact {
@@ -24,11 +29,78 @@ pub const CTR_HMAC: PluginArtifact = PluginArtifact {
     package: "cyphonic-ctr-hmac-plugin",
     lib_name: "cyphonic_ctr_hmac",
 };
+/// The virtual-interface plugin file of the workspace.
+pub const LINUX_TUN: PluginArtifact = PluginArtifact {
+    package: "cyphonic-linux-tun-plugin",
+    lib_name: "cyphonic_linux_tun",
+};
+/// The mobility-detector plugin file of the workspace.
+pub const NETLINK_MOBILITY: PluginArtifact = PluginArtifact {
+    package: "cyphonic-netlink-mobility-plugin",
+    lib_name: "cyphonic_netlink_mobility",
+};
+
+/// Library names of deliberately broken test fixtures start with this; the contract
+/// tests leave them to the containment tests.
+pub const FIXTURE_PREFIX: &str = "cyphonic_test_";
 /// A fixture built for plugin ABI 2.0, which an ABI 1 host must refuse.
 pub const BAD_ABI: PluginArtifact = PluginArtifact {
     package: "cyphonic-test-bad-abi-plugin",
     lib_name: "cyphonic_test_bad_abi_plugin",
 };
+/// A fixture virtual interface that panics or returns garbage, per its `fault=` option.
+pub const BROKEN_VIF: PluginArtifact = PluginArtifact {
+    package: "cyphonic-test-broken-vif-plugin",
+    lib_name: "cyphonic_test_broken_vif_plugin",
+};
+/// A fixture mobility detector that panics or returns garbage, per its `fault=` option.
+pub const BROKEN_MOBILITY: PluginArtifact = PluginArtifact {
+    package: "cyphonic-test-broken-mobility-plugin",
+    lib_name: "cyphonic_test_broken_mobility_plugin",
+};
+
+/// A plugin file found in the profile directory by [`built_plugins`].
+#[derive(Debug)]
+pub struct BuiltPlugin {
+    /// The library name, e.g. `cyphonic_linux_tun` for `libcyphonic_linux_tun.so`.
+    pub lib_name: String,
+    pub plugin: Plugin,
+}
+
+impl BuiltPlugin {
+    /// Whether this is a deliberately broken test fixture ([`FIXTURE_PREFIX`]).
+    pub fn is_fixture(&self) -> bool {
+        self.lib_name.starts_with(FIXTURE_PREFIX)
+    }
+}
+
+/// Every `<DLL_PREFIX>cyphonic_*<DLL_SUFFIX>` file in [`profile_dir`] that loads as an
+/// ABI 1 plugin of `kind`, sorted by library name. Files that are not ABI 1 plugins (the
+/// bad-ABI fixture) are other tests' business.
+pub fn built_plugins(kind: PluginKind) -> Vec<BuiltPlugin> {
+    let dir = profile_dir();
+    let (prefix, suffix) = (std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    let mut found: Vec<BuiltPlugin> = entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let lib_name = path
+                .file_name()?
+                .to_str()?
+                .strip_prefix(prefix)?
+                .strip_suffix(suffix)?
+                .to_owned();
+            if !lib_name.starts_with("cyphonic_") {
+                return None;
+            }
+            let plugin = Plugin::load(&path).ok()?;
+            (plugin.kind() == kind).then_some(BuiltPlugin { lib_name, plugin })
+        })
+        .collect();
+    found.sort_by(|a, b| a.lib_name.cmp(&b.lib_name));
+    found
+}
 
 /// Where a built plugin comes from: its cdylib package and its library name.
 #[derive(Debug, Clone, Copy)]

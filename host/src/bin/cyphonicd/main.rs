@@ -12,6 +12,7 @@
 //! DNS, remove the interface.
 
 mod node;
+mod reload;
 
 use std::path::PathBuf;
 
@@ -40,26 +41,35 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let config = cyphonic_host::config::load(&args.config)
         .with_context(|| format!("loading the configuration {}", args.config.display()))?;
-    init_tracing(&config.log);
+    let log = init_tracing(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("cyph-rt")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(node::run(args.config, config))
+    runtime.block_on(node::run(args.config, config, log))
 }
 
-fn init_tracing(directive: &str) {
+/// Logs to standard error with the configured filter (RUST_LOG wins); returns the
+/// handle a reload changes the filter with.
+fn init_tracing(directive: &str) -> node::LogHandle {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(directive))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
         .init();
+    handle
 }
 
 #[cfg(test)]

@@ -11,9 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
+use arc_swap::ArcSwap;
+
+use crate::reload;
 use cyphonic_host::config::{self, NodeConfig, SystemDnsMode};
 use cyphonic_host::control::{
-    self, CloudStatus, NodeState, NodeStatus, PingReport, Request, Resolved, Response,
+    self, CloudStatus, NodeState, NodeStatus, PingReport, ReloadReport, Request, Resolved, Response,
 };
 use cyphonic_host::mobility::{Detector, Source as MobilitySource};
 use cyphonic_host::packet::{
@@ -54,10 +57,19 @@ const PUNCH_INTERVAL: Duration = Duration::from_millis(150);
 /// How long a relay bind may take (both ends bound).
 const RELAY_BIND_TIMEOUT: Duration = Duration::from_secs(4);
 const RELAY_REBIND_INTERVAL: Duration = Duration::from_millis(300);
+/// Quiet time after a change on disk before the configuration is reloaded.
+const RELOAD_QUIET: Duration = Duration::from_millis(300);
 /// How long the NMS gets to answer a logout on the way down.
 const FINALIZE_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub(crate) async fn run(config_path: PathBuf, config: NodeConfig) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    config_path: PathBuf,
+    config: NodeConfig,
+    log: LogHandle,
+) -> anyhow::Result<()> {
+    // The same pipeline as a reload: config logic, the plugins, then the filter
+    // compiled and self-checked.
+    let config = apply_config_logic(config).await?;
     let preference = config
         .suite_ids()
         .map_err(|e| anyhow!("tunnel.suites: {e}"))?;
@@ -68,6 +80,7 @@ pub(crate) async fn run(config_path: PathBuf, config: NodeConfig) -> anyhow::Res
         &preference,
     )
     .context("loading plugins")?;
+    check_filter(&config).await?;
     for info in plugins.infos() {
         tracing::info!(kind = %info.kind, name = %info.name, version = %info.version, path = %info.path, "plugin loaded");
     }
@@ -78,36 +91,93 @@ pub(crate) async fn run(config_path: PathBuf, config: NodeConfig) -> anyhow::Res
         resolver::system::recover_after_crash(&config.state_dir, &config.resolver.resolv_conf)
             .context("restoring the system DNS configuration left by an earlier run")?;
     }
+    let config_text = std::fs::read_to_string(&config_path).unwrap_or_default();
+    let scripts = script_texts(&config);
     let node = Arc::new(Node {
-        config,
+        config: ArcSwap::from_pointee(config),
         config_path,
         state,
-        plugins,
+        plugins: ArcSwap::from_pointee(plugins),
+        log,
+        reloads: tokio::sync::Mutex::new(ReloadState {
+            config_text,
+            scripts,
+            last: None,
+            failed: None,
+            reloads: 0,
+            failures: 0,
+        }),
+        me: std::sync::OnceLock::new(),
         cloud_key,
         static_secret,
         inner: Mutex::new(Inner::default()),
         login_changed: Notify::new(),
         session_end: Notify::new(),
     });
+    let _ = node.me.set(Arc::downgrade(&node));
+    let control_socket = node.cfg().control.socket.clone();
     let control_task = control::serve(
-        &node.config.control.socket,
+        &control_socket,
         Arc::clone(&node) as Arc<dyn control::Handler>,
     )
     .context("opening the control socket")?;
-    tracing::info!(socket = %node.config.control.socket.display(), config = %node.config_path.display(), "cyphonicd started");
+    tracing::info!(socket = %control_socket.display(), config = %node.config_path.display(), "cyphonicd started");
+    let watcher = node
+        .clone()
+        .watch_config()
+        .context("watching the configuration")?;
 
     let result = node.clone().lifecycle().await;
     control_task.abort();
-    let _ = std::fs::remove_file(&node.config.control.socket);
+    drop(watcher);
+    let _ = std::fs::remove_file(&control_socket);
     result
+}
+
+/// Changes the log filter of the running daemon.
+pub(crate) type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// What the last load of the configuration saw, to skip reloads that change nothing
+/// and to report the last outcome.
+struct ReloadState {
+    config_text: String,
+    scripts: ScriptTexts,
+    last: Option<ReloadReport>,
+    /// The file and script contents of the last failed reload, not retried unchanged.
+    failed: Option<(String, ScriptTexts)>,
+    reloads: u64,
+    failures: u64,
+}
+
+/// The contents of the scripts a configuration names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ScriptTexts {
+    filter: Option<String>,
+    config: Option<String>,
+}
+
+fn script_texts(config: &NodeConfig) -> ScriptTexts {
+    ScriptTexts {
+        filter: std::fs::read_to_string(&config.resolver.filter).ok(),
+        config: config
+            .config_script
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok()),
+    }
 }
 
 /// The daemon: configuration, loaded plugins, and the running session when logged in.
 pub(crate) struct Node {
-    config: NodeConfig,
+    /// The running configuration; a reload publishes a new one.
+    config: ArcSwap<NodeConfig>,
     config_path: PathBuf,
     state: StateDir,
-    plugins: PluginSet,
+    plugins: ArcSwap<PluginSet>,
+    log: LogHandle,
+    reloads: tokio::sync::Mutex<ReloadState>,
+    /// This node, for the control handler (which only gets `&self`) to reach the `Arc`.
+    me: std::sync::OnceLock<std::sync::Weak<Node>>,
     cloud_key: VerifyingKey,
     static_secret: StaticSecret,
     inner: Mutex<Inner>,
@@ -138,11 +208,29 @@ struct Session {
     ifname: String,
     resolver_addrs: Mutex<Vec<SocketAddr>>,
     resolver_stats: Mutex<Option<resolver::StatsHandle>>,
+    /// Restarted by reloads; stopped with the session.
+    resolver: tokio::sync::Mutex<Option<ResolverHandle>>,
+    mobility: Mutex<Option<Detector>>,
+    moves: Mutex<Option<mpsc::UnboundedSender<()>>>,
     cloud: Mutex<CloudStatus>,
     last_contact: Mutex<Option<Instant>>,
 }
 
 impl Node {
+    fn cfg(&self) -> Arc<NodeConfig> {
+        self.config.load_full()
+    }
+
+    async fn reload_arc(&self) -> ReloadReport {
+        match self.me.get().and_then(std::sync::Weak::upgrade) {
+            Some(me) => me.reload(true).await,
+            None => ReloadReport {
+                error: Some("the daemon is stopping".into()),
+                ..ReloadReport::default()
+            },
+        }
+    }
+
     fn set_state(&self, state: NodeState) {
         self.lock().state = Some(state);
     }
@@ -234,7 +322,7 @@ impl Node {
     }
 
     fn as_addr(&self) -> anyhow::Result<SocketAddr> {
-        first_addr(&self.config.cloud.auth).context("resolving cloud.as")
+        first_addr(&self.cfg().cloud.auth).context("resolving cloud.as")
     }
 
     /// Renews `stored` at the AS if it is due (or expired), and stores the result.
@@ -278,7 +366,7 @@ impl Node {
             self.static_secret.clone(),
             stored.credential.clone(),
             vec![self.cloud_key],
-            self.plugins.suites.clone(),
+            self.plugins.load().suites.clone(),
         )
         .context("building the node identity")?;
         identity
@@ -297,7 +385,8 @@ impl Node {
         let credential = stored.credential.credential().clone();
         tracing::info!(fqdn = %credential.fqdn, vip4 = %credential.vip4, vip6 = %credential.vip6, "logged in");
 
-        let cfg = &self.config;
+        let cfg = self.cfg();
+        let plugins = self.plugins.load_full();
         let routes = if cfg.interface.routes.is_empty() {
             config::default_routes(credential.vip6)
         } else {
@@ -315,10 +404,10 @@ impl Node {
             routes,
             options: cfg.interface.options.clone(),
         };
-        let vif = self.plugins.interface.open(&settings).with_context(|| {
+        let vif = plugins.interface.open(&settings).with_context(|| {
             format!(
                 "opening the virtual interface with {}",
-                self.plugins.interface.plugin().path().display()
+                plugins.interface.plugin().path().display()
             )
         })?;
         let details = vif.info().context("reading the virtual interface")?;
@@ -390,6 +479,9 @@ impl Node {
             ifname: details.ifname.clone(),
             resolver_addrs: Mutex::new(Vec::new()),
             resolver_stats: Mutex::new(None),
+            resolver: tokio::sync::Mutex::new(None),
+            mobility: Mutex::new(None),
+            moves: Mutex::new(None),
             cloud: Mutex::new(CloudStatus {
                 nms: Some(nms_addr),
                 registered: true,
@@ -402,12 +494,14 @@ impl Node {
         self.lock().last_error = None;
 
         let mut running = Running::default();
-        let (resolver, system_dns) = self
-            .start_resolver(&session)
+        let resolver = self
+            .start_resolver(&session, &cfg)
             .await
             .context("starting the resolver")?;
-        running.resolver = Some(resolver);
-        running.system_dns = system_dns;
+        running.system_dns = self
+            .install_system_dns(&session, &cfg)
+            .context("pointing the system DNS at the resolver")?;
+        *session.resolver.lock().await = Some(resolver);
 
         let keepalive = Duration::from_secs(u64::from(registration.keepalive_secs.max(1)));
         running.tasks.push(tokio::spawn(self.clone().keepalive_loop(
@@ -425,21 +519,9 @@ impl Node {
             self.clone().renewal_loop(Arc::clone(&session)),
         ));
         let (moves_tx, moves_rx) = mpsc::unbounded_channel();
-        let source = match &self.plugins.mobility {
-            Some(plugin) => MobilitySource::Plugin(plugin.clone()),
-            None => MobilitySource::Poll {
-                interval: Duration::from_millis(cfg.mobility.poll_interval_ms),
-            },
-        };
-        let detector = Detector::start(
-            source,
-            &session.ifname,
-            Duration::from_millis(cfg.mobility.poll_interval_ms),
-            moves_tx,
-        )
-        .context("starting the mobility detector")?;
-        tracing::info!(detector = detector.kind, "watching for address changes");
-        running.mobility = Some(detector);
+        *lock(&session.moves) = Some(moves_tx);
+        self.restart_mobility(&session, &cfg, &plugins)
+            .context("starting the mobility detector")?;
         running.tasks.push(tokio::spawn(
             self.clone().mobility_loop(Arc::clone(&session), moves_rx),
         ));
@@ -449,8 +531,9 @@ impl Node {
     async fn start_resolver(
         self: &Arc<Self>,
         session: &Arc<Session>,
-    ) -> anyhow::Result<(ResolverHandle, Option<SystemDns>)> {
-        let cfg = &self.config.resolver;
+        config: &NodeConfig,
+    ) -> anyhow::Result<ResolverHandle> {
+        let cfg = &config.resolver;
         let mut rc = ResolverConfig::new(session.domain.clone(), cfg.filter.clone());
         rc.listen = if cfg.listen.is_empty() {
             vec![SocketAddr::new(IpAddr::V4(session.credential.vip4), 53)]
@@ -458,7 +541,7 @@ impl Node {
             cfg.listen.clone()
         };
         rc.upstreams = if cfg.upstreams.is_empty() {
-            resolver::system::system_nameservers(&self.config.state_dir, &cfg.resolv_conf)
+            resolver::system::system_nameservers(&config.state_dir, &cfg.resolv_conf)
                 .context("reading the system's nameservers")?
         } else {
             cfg.upstreams.clone()
@@ -486,28 +569,56 @@ impl Node {
             deadline: rc.overlay_timeout,
         });
         let handle = Resolver::start(rc, overlay).await?;
-        let addrs = handle.local_addrs().to_vec();
-        *lock(&session.resolver_addrs) = addrs.clone();
+        *lock(&session.resolver_addrs) = handle.local_addrs().to_vec();
         *lock(&session.resolver_stats) = Some(handle.stats_handle());
-        let system = match (cfg.system, addrs.first()) {
+        Ok(handle)
+    }
+
+    fn install_system_dns(
+        &self,
+        session: &Session,
+        config: &NodeConfig,
+    ) -> anyhow::Result<Option<SystemDns>> {
+        let cfg = &config.resolver;
+        let addrs = lock(&session.resolver_addrs).clone();
+        Ok(match (cfg.system, addrs.first()) {
             (SystemDnsMode::None, _) | (_, None) => None,
-            (mode, Some(addr)) => Some(
-                SystemDns::install(
-                    match mode {
-                        SystemDnsMode::Auto | SystemDnsMode::None => SystemMode::Auto,
-                        SystemDnsMode::Resolved => SystemMode::Resolved,
-                        SystemDnsMode::ResolvConf => SystemMode::ResolvConf,
-                    },
-                    &session.ifname,
-                    addr.ip(),
-                    &session.domain,
-                    &cfg.resolv_conf,
-                    &self.config.state_dir,
-                )
-                .context("pointing the system DNS at the resolver")?,
-            ),
+            (mode, Some(addr)) => Some(SystemDns::install(
+                match mode {
+                    SystemDnsMode::Auto | SystemDnsMode::None => SystemMode::Auto,
+                    SystemDnsMode::Resolved => SystemMode::Resolved,
+                    SystemDnsMode::ResolvConf => SystemMode::ResolvConf,
+                },
+                &session.ifname,
+                addr.ip(),
+                &session.domain,
+                &cfg.resolv_conf,
+                &config.state_dir,
+            )?),
+        })
+    }
+
+    /// (Re)starts the address-change detector with the configured plugin or polling.
+    fn restart_mobility(
+        &self,
+        session: &Session,
+        config: &NodeConfig,
+        plugins: &PluginSet,
+    ) -> anyhow::Result<()> {
+        let Some(moves) = lock(&session.moves).clone() else {
+            return Ok(());
         };
-        Ok((handle, system))
+        let interval = Duration::from_millis(config.mobility.poll_interval_ms);
+        let source = match &plugins.mobility {
+            Some(plugin) => MobilitySource::Plugin(plugin.clone()),
+            None => MobilitySource::Poll { interval },
+        };
+        // The old detector stops before the new one starts.
+        drop(lock(&session.mobility).take());
+        let detector = Detector::start(source, &session.ifname, interval, moves)?;
+        tracing::info!(detector = detector.kind, "watching for address changes");
+        *lock(&session.mobility) = Some(detector);
+        Ok(())
     }
 
     async fn keepalive_loop(
@@ -686,6 +797,214 @@ impl Node {
         }
     }
 
+    /// Watches the configuration's directory and the scripts' directories (editors
+    /// save by rename), and SIGHUP; both lead to [`Node::reload`] after a short quiet
+    /// period.
+    fn watch_config(self: Arc<Self>) -> anyhow::Result<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let watched_tx = tx.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = watched_tx.send(());
+                }
+            })?;
+        let cfg = self.cfg();
+        let mut dirs: Vec<PathBuf> = [
+            Some(self.config_path.clone()),
+            Some(cfg.resolver.filter.clone()),
+            cfg.config_script.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.parent().map(PathBuf::from))
+        .collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in &dirs {
+            watcher
+                .watch(dir, notify::RecursiveMode::NonRecursive)
+                .with_context(|| format!("watching {}", dir.display()))?;
+        }
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    got = rx.recv() => if got.is_none() { return },
+                    _ = hangup.recv() => {}
+                }
+                // Editors write in several steps: wait until it is quiet.
+                while tokio::time::timeout(RELOAD_QUIET, rx.recv()).await.is_ok() {}
+                let report = self.reload(false).await;
+                if !report.changed.is_empty() || report.error.is_some() {
+                    tracing::info!(changed = ?report.changed, applied = ?report.applied, refused = ?report.refused, error = ?report.error, "configuration reloaded");
+                }
+            }
+        });
+        let _ = tx;
+        Ok(watcher)
+    }
+
+    /// Re-reads the configuration and its scripts: parse, config logic, validation
+    /// (plugin files load, scripts compile), then applies what can change live and
+    /// publishes the result. Anything invalid keeps the running configuration. `force`
+    /// re-applies even when no file changed (`cyphonic reload`).
+    async fn reload(self: &Arc<Self>, force: bool) -> ReloadReport {
+        let mut state = self.reloads.lock().await;
+        let report = match self.prepare_and_apply(&mut state, force).await {
+            Ok(report) => report,
+            Err(e) => {
+                state.failures += 1;
+                let message = format!("{e:#}");
+                tracing::error!("configuration not reloaded: {message}");
+                ReloadReport {
+                    error: Some(message),
+                    ..ReloadReport::default()
+                }
+            }
+        };
+        state.reloads += 1;
+        state.last = Some(report.clone());
+        report
+    }
+
+    async fn prepare_and_apply(
+        self: &Arc<Self>,
+        state: &mut ReloadState,
+        force: bool,
+    ) -> anyhow::Result<ReloadReport> {
+        let text = std::fs::read_to_string(&self.config_path)
+            .with_context(|| format!("reading {}", self.config_path.display()))?;
+        let texts_now = (text.clone(), script_texts(&self.cfg()));
+        if !force && state.failed.as_ref() == Some(&texts_now) {
+            // The same broken content again (an unrelated event in the directory).
+            return Ok(state.last.clone().unwrap_or_default());
+        }
+        state.failed = Some(texts_now);
+        let parsed = config::parse(&text, &self.config_path)?;
+        let parsed = apply_config_logic(parsed).await?;
+        let scripts = script_texts(&parsed);
+        if !force && text == state.config_text && scripts == state.scripts {
+            return Ok(ReloadReport::default());
+        }
+        let old = self.cfg();
+        let filter_changed = scripts.filter != state.scripts.filter;
+        let script_changed = scripts.config != state.scripts.config;
+        let changes = reload::changes(&old, &parsed, filter_changed, script_changed);
+        // Validate before touching anything.
+        check_filter(&parsed).await?;
+        let suites = parsed
+            .suite_ids()
+            .map_err(|e| anyhow!("tunnel.suites: {e}"))?;
+        let current = self.plugins.load_full();
+        let new_plugins = if changes.iter().any(|c| {
+            matches!(
+                c,
+                reload::Setting::CryptoPlugins
+                    | reload::Setting::Suites
+                    | reload::Setting::MobilityPlugin
+            )
+        }) {
+            let loaded = PluginSet::load(
+                current.interface.plugin().path(),
+                &parsed.plugins.crypto,
+                parsed.plugins.mobility.as_deref(),
+                &suites,
+            )
+            .context("loading plugins")?;
+            Some(Arc::new(loaded))
+        } else {
+            None
+        };
+        let effective = reload::effective(&old, &parsed);
+        let mut report = ReloadReport::default();
+        for change in &changes {
+            report.changed.push(change.name().to_owned());
+            if !change.live() {
+                report
+                    .refused
+                    .push(format!("{}: needs a restart", change.name()));
+            }
+        }
+        // Apply live settings.
+        let session = self.session();
+        for change in changes.iter().filter(|c| c.live()) {
+            let applied = match change {
+                reload::Setting::Log => {
+                    if std::env::var_os("RUST_LOG").is_none() {
+                        let filter = tracing_subscriber::EnvFilter::try_new(&effective.log)
+                            .map_err(|e| anyhow!("log: {e}"))?;
+                        self.log.reload(filter).map_err(|e| anyhow!("log: {e}"))?;
+                    }
+                    true
+                }
+                reload::Setting::Keepalive => {
+                    if let Some(s) = &session {
+                        s.dataplane.set_timers(PathTimers {
+                            keepalive: Duration::from_secs(effective.tunnel.keepalive_secs),
+                            ..PathTimers::default()
+                        });
+                    }
+                    true
+                }
+                reload::Setting::Suites | reload::Setting::CryptoPlugins => {
+                    if let Some(plugins) = &new_plugins {
+                        self.plugins.store(Arc::clone(plugins));
+                        if let Some(s) = &session {
+                            // New sessions and rekeys negotiate with the new list;
+                            // established sessions keep their keys until then.
+                            let stored = lock(&s.stored).clone();
+                            s.dataplane.set_identity(self.identity(&stored)?);
+                            s.dataplane.rekey_all();
+                        }
+                    }
+                    true
+                }
+                reload::Setting::MobilityPlugin | reload::Setting::MobilityPoll => {
+                    if let Some(plugins) = &new_plugins {
+                        self.plugins.store(Arc::clone(plugins));
+                    }
+                    if let Some(s) = &session {
+                        self.restart_mobility(s, &effective, &self.plugins.load())?;
+                    }
+                    true
+                }
+                reload::Setting::Resolver
+                | reload::Setting::FilterScript
+                | reload::Setting::ConfigScript => {
+                    if let Some(s) = &session {
+                        let mut slot = s.resolver.lock().await;
+                        if let Some(old_resolver) = slot.take() {
+                            old_resolver.shutdown().await;
+                        }
+                        match self.start_resolver(s, &effective).await {
+                            Ok(r) => *slot = Some(r),
+                            Err(e) => {
+                                // The running filter was already stopped: bring the
+                                // old settings back rather than leave DNS down.
+                                tracing::error!("new resolver settings failed: {e:#}");
+                                *slot = Some(self.start_resolver(s, &old).await?);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            };
+            if applied && !report.applied.contains(&change.name().to_owned()) {
+                report.applied.push(change.name().to_owned());
+            }
+        }
+        self.config.store(Arc::new(effective));
+        state.failed = None;
+        state.config_text = text;
+        state.scripts = scripts;
+        Ok(report)
+    }
+
     /// Renews the credential when due; presents the new one to the NMS and to new
     /// handshakes.
     async fn renewal_loop(self: Arc<Self>, session: Arc<Session>) {
@@ -781,11 +1100,21 @@ impl Node {
             listen: None,
             resolver: Vec::new(),
             cloud: CloudStatus::default(),
-            plugins: self.plugins.infos(),
+            plugins: self.plugins.load().infos(),
             counters: Default::default(),
             last_error: inner.last_error.clone(),
+            last_reload: None,
         };
         drop(inner);
+        if let Ok(reloads) = self.reloads.try_lock() {
+            status.last_reload = reloads.last.clone();
+            status
+                .counters
+                .insert("config_reloads".into(), reloads.reloads);
+            status
+                .counters
+                .insert("config_reload_failures".into(), reloads.failures);
+        }
         if let Some(s) = session {
             let stored = lock(&s.stored).clone();
             let c = stored.credential.credential();
@@ -939,6 +1268,7 @@ impl Node {
                 }
             }
             Request::Logout => self.logout().await,
+            Request::Reload => Response::Reloaded(self.reload_arc().await),
         }
     }
 }
@@ -1057,6 +1387,27 @@ impl Session {
     }
 }
 
+/// Runs the config-logic script (if any) off the async workers.
+async fn apply_config_logic(config: NodeConfig) -> anyhow::Result<NodeConfig> {
+    let (derived, changed) =
+        tokio::task::spawn_blocking(move || cyphonic_host::validate::config_logic(config))
+            .await
+            .map_err(|e| anyhow!("config logic: {e}"))??;
+    if !changed.is_empty() {
+        tracing::info!(?changed, "config logic changed settings");
+    }
+    Ok(derived)
+}
+
+/// Compiles the DNS filter in a scratch sandbox and runs its self-check.
+async fn check_filter(config: &NodeConfig) -> anyhow::Result<()> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || cyphonic_host::validate::filter(&config))
+        .await
+        .map_err(|e| anyhow!("filter check: {e}"))??;
+    Ok(())
+}
+
 /// Every endpoint of the peer worth a punch: NAT-observed first, then real ones.
 fn punch_candidates(route: &PeerRoute, socket_v6: bool) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = route
@@ -1073,8 +1424,6 @@ fn punch_candidates(route: &PeerRoute, socket_v6: bool) -> Vec<SocketAddr> {
 /// What a session started besides the data path, stopped in reverse order.
 #[derive(Default)]
 struct Running {
-    mobility: Option<Detector>,
-    resolver: Option<ResolverHandle>,
     system_dns: Option<SystemDns>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -1084,13 +1433,13 @@ impl Running {
         for task in self.tasks.drain(..) {
             task.abort();
         }
-        self.mobility = None;
+        drop(lock(&session.mobility).take());
         if let Some(dns) = self.system_dns.take() {
             if let Err(e) = dns.uninstall() {
                 tracing::error!("restoring the system DNS configuration: {e}");
             }
         }
-        if let Some(resolver) = self.resolver.take() {
+        if let Some(resolver) = session.resolver.lock().await.take() {
             resolver.shutdown().await;
         }
         if !finalize {
