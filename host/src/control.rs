@@ -102,6 +102,8 @@ pub struct ReloadReport {
     /// Why nothing was applied (the running configuration stays), with file, line and
     /// column when the YAML or a script is at fault.
     pub error: Option<String>,
+    /// What applying cost, e.g. how long a recreated interface was gone.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -26,12 +26,13 @@ mod ip;
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::signaling::RelayBinder;
+use arc_swap::ArcSwapOption;
 use cyphonic_plugin_abi::{Packet, VifHandle};
 use cyphonic_proto::credential::SignedCredential;
 use cyphonic_proto::time::UnixTime;
@@ -232,13 +233,14 @@ struct Shared {
     udp: UdpSocketState,
     /// Whether `socket` is an IPv6 socket (IPv4 peers are then sent to as mapped).
     socket_v6: bool,
-    vif: VifHandle,
+    /// The interface; `None` only while a reload swaps it.
+    vif: ArcSwapOption<VifHandle>,
     stop: AtomicBool,
     timer: OnceLock<Thread>,
     needs: mpsc::UnboundedSender<IpAddr>,
     own4: Ipv4Addr,
     own6: Ipv6Addr,
-    mtu: usize,
+    mtu: AtomicUsize,
     counters: DataCounters,
 }
 
@@ -246,7 +248,7 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("socket", &self.socket.local_addr().ok())
-            .field("mtu", &self.mtu)
+            .field("mtu", &self.mtu.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -361,13 +363,13 @@ impl DataPlane {
             socket,
             udp,
             socket_v6,
-            vif,
+            vif: ArcSwapOption::from_pointee(vif),
             stop: AtomicBool::new(false),
             timer: OnceLock::new(),
             needs,
             own4: own.0,
             own6: own.1,
-            mtu,
+            mtu: AtomicUsize::new(mtu),
             counters: DataCounters::default(),
         });
         let mut threads = Vec::new();
@@ -763,6 +765,31 @@ impl DataPlane {
         self.shared.wake_timer();
     }
 
+    /// Replaces the virtual interface (another plugin, MTU or options): the old one
+    /// is closed first (a name can exist once), then `open` makes the new one. Returns
+    /// how long the data path had no interface. When `open` fails the data path stays
+    /// without one; the caller opens the previous configuration again.
+    pub fn swap_interface<E>(
+        &self,
+        open: impl FnOnce() -> Result<(VifHandle, usize), E>,
+    ) -> Result<Duration, E> {
+        let started = Instant::now();
+        if let Some(old) = self.shared.vif.swap(None) {
+            // The reader holds its own reference while it waits in `read_batch`.
+            let _ = old.wake();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                let _ = old.wake();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(old);
+        }
+        let (vif, mtu) = open()?;
+        self.shared.mtu.store(mtu, Ordering::Relaxed);
+        self.shared.vif.store(Some(Arc::new(vif)));
+        Ok(started.elapsed())
+    }
+
     /// New keepalive and probing timers (a reload).
     pub fn set_timers(&self, timers: PathTimers) {
         self.shared.lock().timers = timers;
@@ -817,7 +844,9 @@ impl DataPlane {
 
     fn stop_threads(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        let _ = self.shared.vif.wake();
+        if let Some(vif) = self.shared.vif.load_full() {
+            let _ = vif.wake();
+        }
         self.shared.wake_timer();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -1064,7 +1093,7 @@ impl Shared {
         };
         let written = Packet::new(&mut out, 0, len)
             .ok()
-            .map(|p| self.vif.write_batch(&[p]));
+            .and_then(|p| self.vif.load_full().map(|vif| vif.write_batch(&[p])));
         match written {
             Some(Ok(_)) => {
                 self.counters
@@ -1113,32 +1142,46 @@ impl Shared {
 }
 
 fn outbound_loop(shared: &Shared) {
-    let stride = shared.mtu + DATA_OVERHEAD;
+    let mut mtu = shared.mtu.load(Ordering::Relaxed);
+    let mut stride = mtu + DATA_OVERHEAD;
     let mut buf = vec![0u8; TUN_BATCH * stride];
     let mut lens = [0usize; TUN_BATCH];
     // Per slot: where its sealed datagram goes and its length, if anything is sent.
     let mut out: Vec<Option<(Route, usize)>> = vec![None; TUN_BATCH];
     let mut unreachable: Vec<usize> = Vec::with_capacity(TUN_BATCH);
-    let max_segments = shared
-        .udp
-        .max_gso_segments()
-        .min(MAX_GSO_BYTES / stride)
-        .max(1);
+    let segments = |stride: usize| {
+        shared
+            .udp
+            .max_gso_segments()
+            .min(MAX_GSO_BYTES / stride)
+            .max(1)
+    };
+    let mut max_segments = segments(stride);
     while !shared.stopping() {
+        // A reload may have swapped the interface (and its MTU) in between.
+        let Some(vif) = shared.vif.load_full() else {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        if shared.mtu.load(Ordering::Relaxed) != mtu {
+            mtu = shared.mtu.load(Ordering::Relaxed);
+            stride = mtu + DATA_OVERHEAD;
+            buf = vec![0u8; TUN_BATCH * stride];
+            max_segments = segments(stride);
+        }
         let read = {
             let mut chunks = buf.chunks_exact_mut(stride);
             let mut slots: [Packet<'_>; TUN_BATCH] = std::array::from_fn(|_| {
                 let chunk = chunks.next().expect("the buffer holds TUN_BATCH slots");
                 Packet::empty(chunk, DATA_HEADER_LEN).expect("headroom is inside the slot")
             });
-            let read = shared
-                .vif
-                .read_batch(&mut slots, IDLE_WAIT.as_millis() as i32);
+            let read = vif.read_batch(&mut slots, IDLE_WAIT.as_millis() as i32);
             for (len, slot) in lens.iter_mut().zip(&slots) {
                 *len = slot.len();
             }
             read
         };
+        drop(vif);
         let n = match read {
             Ok(0) => continue,
             Ok(n) => n,
@@ -1637,9 +1680,17 @@ fn write_delivered(
 }
 
 fn write_all(shared: &Shared, slots: &[Packet<'_>]) {
+    let Some(vif) = shared.vif.load_full() else {
+        // The interface is being swapped: these packets are lost, as on a link flap.
+        shared
+            .counters
+            .tun_errors
+            .fetch_add(slots.len() as u64, Ordering::Relaxed);
+        return;
+    };
     let mut done = 0;
     while done < slots.len() {
-        match shared.vif.write_batch(&slots[done..]) {
+        match vif.write_batch(&slots[done..]) {
             Ok(0) => {
                 shared.counters.tun_errors.fetch_add(1, Ordering::Relaxed);
                 break;

@@ -387,23 +387,7 @@ impl Node {
 
         let cfg = self.cfg();
         let plugins = self.plugins.load_full();
-        let routes = if cfg.interface.routes.is_empty() {
-            config::default_routes(credential.vip6)
-        } else {
-            cfg.interface
-                .routes
-                .iter()
-                .map(|n| (n.network(), n.prefix_len()))
-                .collect()
-        };
-        let settings = VifSettings {
-            mtu: cfg.interface.mtu,
-            ifname: cfg.interface.name.clone(),
-            ipv4: Some((credential.vip4, 32)),
-            ipv6: Some((credential.vip6, 128)),
-            routes,
-            options: cfg.interface.options.clone(),
-        };
+        let settings = vif_settings(&cfg, &credential);
         let vif = plugins.interface.open(&settings).with_context(|| {
             format!(
                 "opening the virtual interface with {}",
@@ -918,6 +902,14 @@ impl Node {
         } else {
             None
         };
+        let new_vif = if changes.contains(&reload::Setting::InterfacePlugin) {
+            Some(
+                cyphonic_host::plugins::load_vif(&parsed.plugins.interface)
+                    .context("loading the new interface plugin")?,
+            )
+        } else {
+            None
+        };
         let effective = reload::effective(&old, &parsed);
         let mut report = ReloadReport::default();
         for change in &changes {
@@ -987,6 +979,49 @@ impl Node {
                                 tracing::error!("new resolver settings failed: {e:#}");
                                 *slot = Some(self.start_resolver(s, &old).await?);
                                 return Err(e);
+                            }
+                        }
+                    }
+                    true
+                }
+                reload::Setting::InterfacePlugin | reload::Setting::Interface => {
+                    let done = report
+                        .applied
+                        .iter()
+                        .any(|a| a.starts_with("plugins.interface") || a.starts_with("interface"));
+                    if let (Some(s), false) = (&session, done) {
+                        let previous = self.plugins.load_full();
+                        let plugin = new_vif
+                            .clone()
+                            .unwrap_or_else(|| previous.interface.clone());
+                        let settings = vif_settings(&effective, &s.credential);
+                        let open = |plugin: &cyphonic_plugin_abi::VifPlugin,
+                                    settings: &VifSettings| {
+                            let handle = plugin.open(settings)?;
+                            let mtu = handle.info()?.mtu as usize;
+                            Ok::<_, cyphonic_plugin_abi::PluginError>((handle, mtu))
+                        };
+                        match s.dataplane.swap_interface(|| open(&plugin, &settings)) {
+                            Ok(gap) => {
+                                tracing::info!(
+                                    gap_ms = gap.as_millis() as u64,
+                                    "virtual interface recreated"
+                                );
+                                report.notes.push(format!(
+                                    "the interface was recreated; the data path had none for {} ms",
+                                    gap.as_millis()
+                                ));
+                                let mut set = (*previous).clone();
+                                set.interface = plugin;
+                                self.plugins.store(Arc::new(set));
+                            }
+                            Err(e) => {
+                                // Back to the interface that worked.
+                                let old_settings = vif_settings(&old, &s.credential);
+                                s.dataplane
+                                    .swap_interface(|| open(&previous.interface, &old_settings))
+                                    .context("reopening the previous interface")?;
+                                return Err(anyhow!("the new interface did not open: {e}"));
                             }
                         }
                     }
@@ -1406,6 +1441,27 @@ async fn check_filter(config: &NodeConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow!("filter check: {e}"))??;
     Ok(())
+}
+
+/// How to open the virtual interface for `credential` under `cfg`.
+fn vif_settings(cfg: &NodeConfig, credential: &Credential) -> VifSettings {
+    let routes = if cfg.interface.routes.is_empty() {
+        config::default_routes(credential.vip6)
+    } else {
+        cfg.interface
+            .routes
+            .iter()
+            .map(|n| (n.network(), n.prefix_len()))
+            .collect()
+    };
+    VifSettings {
+        mtu: cfg.interface.mtu,
+        ifname: cfg.interface.name.clone(),
+        ipv4: Some((credential.vip4, 32)),
+        ipv6: Some((credential.vip6, 128)),
+        routes,
+        options: cfg.interface.options.clone(),
+    }
 }
 
 /// Every endpoint of the peer worth a punch: NAT-observed first, then real ones.

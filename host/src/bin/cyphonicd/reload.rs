@@ -17,13 +17,14 @@ pub(crate) enum Setting {
     Resolver,
     FilterScript,
     ConfigScript,
+    InterfacePlugin,
+    Interface,
     // Restart only.
     StateDir,
     Cloud,
     ListenPort,
     SocketBuffer,
-    InterfacePlugin,
-    Interface,
+    InterfaceName,
     ResolverListen,
     SystemDns,
     ControlSocket,
@@ -46,7 +47,8 @@ impl Setting {
             Self::ListenPort => "tunnel.listen_port",
             Self::SocketBuffer => "tunnel.socket_buffer_bytes",
             Self::InterfacePlugin => "plugins.interface",
-            Self::Interface => "interface",
+            Self::Interface => "interface (mtu, routes, options)",
+            Self::InterfaceName => "interface.name",
             Self::ResolverListen => "resolver.listen",
             Self::SystemDns => "resolver.system / resolver.resolv_conf",
             Self::ControlSocket => "control.socket",
@@ -65,6 +67,8 @@ impl Setting {
                 | Self::Resolver
                 | Self::FilterScript
                 | Self::ConfigScript
+                | Self::InterfacePlugin
+                | Self::Interface
         )
     }
 }
@@ -131,7 +135,16 @@ pub(crate) fn changes(
         old.plugins.interface != new.plugins.interface,
         Setting::InterfacePlugin,
     );
-    check(old.interface != new.interface, Setting::Interface);
+    check(
+        old.interface.mtu != new.interface.mtu
+            || old.interface.routes != new.interface.routes
+            || old.interface.options != new.interface.options,
+        Setting::Interface,
+    );
+    check(
+        old.interface.name != new.interface.name,
+        Setting::InterfaceName,
+    );
     check(r_old.listen != r_new.listen, Setting::ResolverListen);
     check(
         r_old.system != r_new.system || r_old.resolv_conf != r_new.resolv_conf,
@@ -152,8 +165,7 @@ pub(crate) fn effective(old: &NodeConfig, new: &NodeConfig) -> NodeConfig {
     e.cloud = old.cloud.clone();
     e.tunnel.listen_port = old.tunnel.listen_port;
     e.tunnel.socket_buffer_bytes = old.tunnel.socket_buffer_bytes;
-    e.plugins.interface = old.plugins.interface.clone();
-    e.interface = old.interface.clone();
+    e.interface.name = old.interface.name.clone();
     e.resolver.listen = old.resolver.listen.clone();
     e.resolver.system = old.resolver.system;
     e.resolver.resolv_conf = old.resolver.resolv_conf.clone();
@@ -179,7 +191,7 @@ plugins: {interface: /p/tun.so, crypto: [/p/aes.so]}
     fn live_and_restart_settings_are_told_apart() {
         let old = parse("");
         let new = parse(
-            "log: debug\ntunnel: {keepalive_secs: 5, listen_port: 7500}\ninterface: {mtu: 1280}\n",
+            "log: debug\ntunnel: {keepalive_secs: 5, listen_port: 7500}\ninterface: {mtu: 1280, name: x0}\n",
         );
         let c = changes(&old, &new, false, false);
         assert_eq!(
@@ -188,15 +200,17 @@ plugins: {interface: /p/tun.so, crypto: [/p/aes.so]}
                 Setting::Log,
                 Setting::Keepalive,
                 Setting::ListenPort,
-                Setting::Interface
+                Setting::Interface,
+                Setting::InterfaceName
             ]
         );
-        assert!(c[0].live() && c[1].live() && !c[2].live() && !c[3].live());
+        assert!(c[0].live() && c[1].live() && !c[2].live() && c[3].live() && !c[4].live());
         let e = effective(&old, &new);
         assert_eq!(e.log, "debug");
         assert_eq!(e.tunnel.keepalive_secs, 5);
         assert_eq!(e.tunnel.listen_port, old.tunnel.listen_port);
-        assert_eq!(e.interface, old.interface);
+        assert_eq!(e.interface.mtu, 1280);
+        assert_eq!(e.interface.name, old.interface.name);
         assert!(changes(&old, &old, false, false).is_empty());
         assert_eq!(
             changes(&old, &old, true, false),
