@@ -74,6 +74,30 @@ impl BuiltPlugin {
     }
 }
 
+/// Asserts that the plugin files of `kind` built in the target directory are exactly
+/// `subjects` (the ones a conformance test covers) plus the known broken `fixtures`, so
+/// a new plugin cannot ship without conformance coverage. Every artifact named must be
+/// built.
+pub fn assert_covered(kind: PluginKind, subjects: &[PluginArtifact], fixtures: &[PluginArtifact]) {
+    for artifact in subjects.iter().chain(fixtures) {
+        artifact.locate();
+    }
+    let (built_fixtures, built_subjects): (Vec<_>, Vec<_>) = built_plugins(kind)
+        .into_iter()
+        .partition(|p| p.is_fixture());
+    let built: Vec<&str> = built_subjects.iter().map(|p| p.lib_name.as_str()).collect();
+    let expected: Vec<&str> = subjects.iter().map(|a| a.lib_name).collect();
+    assert_eq!(built, expected, "{kind:?} plugins built");
+    for fixture in &built_fixtures {
+        assert!(
+            fixtures.iter().any(|f| f.lib_name == fixture.lib_name),
+            "{} is an unknown fixture",
+            fixture.plugin.path().display()
+        );
+    }
+    assert_eq!(built_fixtures.len(), fixtures.len(), "{built_fixtures:?}");
+}
+
 /// Every `<DLL_PREFIX>cyphonic_*<DLL_SUFFIX>` file in [`profile_dir`] that loads as an
 /// ABI 1 plugin of `kind`, sorted by library name. Files that are not ABI 1 plugins (the
 /// bad-ABI fixture) are other tests' business.

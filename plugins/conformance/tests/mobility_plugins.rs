@@ -20,7 +20,7 @@ use cyphonic_plugin_abi::{
 };
 use cyphonic_plugin_conformance::netns::{Netns, skip_unless_root};
 use cyphonic_plugin_conformance::{
-    BROKEN_MOBILITY, NETLINK_MOBILITY, PluginArtifact, built_plugins,
+    BROKEN_MOBILITY, NETLINK_MOBILITY, PluginArtifact, assert_covered,
 };
 
 const LINK: &str = "cconf0";
@@ -80,31 +80,17 @@ mobility_plugin_conformance!(netlink_mobility: Subject {
     name: "netlink-mobility",
 });
 
-const SUBJECTS: [&str; 1] = [NETLINK_MOBILITY.lib_name];
-const FIXTURES: [&str; 1] = [BROKEN_MOBILITY.lib_name];
-
 /// Every mobility-detector plugin file in the target directory is one this file tests
 /// (or a known broken fixture, which the containment tests use), so a new detector
 /// cannot ship without conformance coverage.
 #[test]
 fn every_built_mobility_plugin_is_covered() {
     let _serial = serial();
-    for artifact in [NETLINK_MOBILITY, BROKEN_MOBILITY] {
-        artifact.locate();
-    }
-    let (fixtures, subjects): (Vec<_>, Vec<_>) = built_plugins(PluginKind::MobilityDetector)
-        .into_iter()
-        .partition(|p| p.is_fixture());
-    let subjects: Vec<&str> = subjects.iter().map(|p| p.lib_name.as_str()).collect();
-    assert_eq!(subjects, SUBJECTS, "mobility-detector plugins built");
-    for fixture in &fixtures {
-        assert!(
-            FIXTURES.contains(&fixture.lib_name.as_str()),
-            "{} is an unknown fixture",
-            fixture.plugin.path().display()
-        );
-    }
-    assert_eq!(fixtures.len(), FIXTURES.len(), "{fixtures:?}");
+    assert_covered(
+        PluginKind::MobilityDetector,
+        &[NETLINK_MOBILITY],
+        &[BROKEN_MOBILITY],
+    );
 }
 
 /// The tests of this file one at a time: they count the process's descriptors.

@@ -20,7 +20,7 @@ use cyphonic_plugin_abi::{
 };
 use cyphonic_plugin_conformance::c_host::{self, OpenAnswer};
 use cyphonic_plugin_conformance::netns::{Netns, skip_unless_root};
-use cyphonic_plugin_conformance::{BROKEN_VIF, LINUX_TUN, PluginArtifact, built_plugins};
+use cyphonic_plugin_conformance::{BROKEN_VIF, LINUX_TUN, PluginArtifact, assert_covered};
 
 const IFNAME: &str = "cyphconf0";
 const MTU: u32 = 1400;
@@ -87,31 +87,13 @@ vif_plugin_conformance!(linux_tun: Subject {
     name: "linux-tun",
 });
 
-const SUBJECTS: [&str; 1] = [LINUX_TUN.lib_name];
-const FIXTURES: [&str; 1] = [BROKEN_VIF.lib_name];
-
 /// Every virtual-interface plugin file in the target directory is one this file tests
 /// (or a known broken fixture, which the containment tests use), so a new interface
 /// plugin cannot ship without conformance coverage.
 #[test]
 fn every_built_vif_plugin_is_covered() {
     let _serial = serial();
-    for artifact in [LINUX_TUN, BROKEN_VIF] {
-        artifact.locate();
-    }
-    let (fixtures, subjects): (Vec<_>, Vec<_>) = built_plugins(PluginKind::VirtualInterface)
-        .into_iter()
-        .partition(|p| p.is_fixture());
-    let subjects: Vec<&str> = subjects.iter().map(|p| p.lib_name.as_str()).collect();
-    assert_eq!(subjects, SUBJECTS, "virtual-interface plugins built");
-    for fixture in &fixtures {
-        assert!(
-            FIXTURES.contains(&fixture.lib_name.as_str()),
-            "{} is an unknown fixture",
-            fixture.plugin.path().display()
-        );
-    }
-    assert_eq!(fixtures.len(), FIXTURES.len(), "{fixtures:?}");
+    assert_covered(PluginKind::VirtualInterface, &[LINUX_TUN], &[BROKEN_VIF]);
 }
 
 /// The tests of this file one at a time: they count the process's descriptors.
