@@ -6,7 +6,7 @@
 //! calls [`request`].
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -242,14 +242,6 @@ pub async fn request(path: &Path, request: &Request) -> Result<Response, Control
         .map_err(io)?
         .ok_or_else(|| ControlError::Protocol("connection closed without an answer".into()))?;
     serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))
-}
-
-/// An address for logs and tables: IPv4-mapped IPv6 shown as IPv4.
-pub fn display_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    }
 }
 
 #[cfg(test)]

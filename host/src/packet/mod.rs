@@ -509,11 +509,6 @@ impl DataPlane {
         self.shared.wake_timer();
     }
 
-    /// The peer owning a virtual address.
-    pub fn peer_by_vip(&self, vip: IpAddr) -> Option<PeerId> {
-        self.shared.lock().by_vip.get(&vip).copied()
-    }
-
     /// The peer of a name, with a receiver of its handshakes.
     pub fn peer_by_fqdn(&self, fqdn: &Fqdn) -> Option<(PeerId, Ipv4Addr, Ipv6Addr, bool)> {
         let now = Instant::now();
@@ -837,7 +832,7 @@ impl DataPlane {
             .collect()
     }
 
-    /// Stops the threads and returns the interface handle (closing it is dropping it).
+    /// Stops the threads; the interface closes with the last handle.
     pub fn shutdown(mut self) {
         self.stop_threads();
     }
@@ -917,7 +912,9 @@ impl Shared {
     }
 
     fn send_one(&self, dest: SocketAddr, datagram: &[u8]) {
-        self.send(dest, datagram, None);
+        // Single datagrams go out from under the tunnel lock: a full socket buffer
+        // must not stall the other data threads, so they wait only briefly.
+        self.send(dest, datagram, None, 2);
     }
 
     /// Sends one datagram along `route`, inside `RelayData` when relayed (a copy: the
@@ -942,7 +939,9 @@ impl Shared {
         self.send_one(route.endpoint, buf);
     }
 
-    fn send(&self, dest: SocketAddr, contents: &[u8], segment_size: Option<usize>) {
+    /// Sends, waiting up to `attempts` x 10 ms for room in the socket buffer; the batch
+    /// path (no lock held) waits long, so a burst is slowed rather than dropped.
+    fn send(&self, dest: SocketAddr, contents: &[u8], segment_size: Option<usize>, attempts: u32) {
         let transmit = Transmit {
             destination: self.wire_addr(dest),
             ecn: None,
@@ -951,7 +950,7 @@ impl Shared {
             src_ip: None,
         };
         let segments = segment_size.map_or(1, |s| contents.len().div_ceil(s)) as u64;
-        for _ in 0..100 {
+        for _ in 0..attempts {
             match self.udp.try_send(UdpSockRef::from(&self.socket), &transmit) {
                 Ok(()) => {
                     self.counters
@@ -1287,7 +1286,7 @@ fn send_runs(
             }
         }
         let segment = (count > 1).then_some(stride);
-        shared.send(route.endpoint, &buf[start..end], segment);
+        shared.send(route.endpoint, &buf[start..end], segment, 100);
         i += count;
     }
 }
