@@ -3,7 +3,7 @@
 # lints, every test and the fuzz smoke. CI (.ci/run) calls exactly this.
 #
 # Knobs: FUZZ_SECONDS (per fuzz target, default 10), SKIP_FUZZ=1 to leave the fuzz smoke
-# out of a local run (CI never sets it).
+# out of a local run, SKIP_WINDOWS=1 to leave the Windows stage out (CI sets neither).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,8 @@ install_prerequisites() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    # The starter-page test drives Debian's Chromium with playwright-core.
+    scripts/ui-test-deps.sh
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 }
@@ -44,6 +46,18 @@ cargo build --workspace --locked
 
 log "cargo test"
 cargo test --workspace --locked
+
+if [[ "${SKIP_WINDOWS:-0}" != 1 ]]; then
+    log "Windows stage: cross-build, tests under Wine, cyphonicd.exe end to end"
+    scripts/windows-stage.sh
+    if [[ -x target/x86_64-pc-windows-gnu/release/cyphonicd.exe ]]; then
+        log "Windows installer under Wine"
+        scripts/installer-test.sh
+    fi
+fi
+
+log "Linux packages (.deb): build, install, verify units, purge"
+scripts/deb-test.sh
 
 if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
     log "fuzz smoke"

@@ -16,6 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
+#[cfg(unix)]
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -186,12 +187,17 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     if !meta.is_file() {
         return Err(malformed("not a regular file"));
     }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::Permissions {
-            path: path.to_owned(),
-            mode,
-        });
+    // The cloud is deployed on Unix; elsewhere (a developer's Windows build) the file
+    // has whatever ACL its directory gives it.
+    #[cfg(unix)]
+    {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
     }
     if meta.len() > 4096 {
         return Err(malformed("too large for a key file"));
@@ -233,11 +239,11 @@ fn create_secret_file(path: &Path, comment: &str, key: &[u8; 32]) -> Result<(), 
         OsRng.next_u64()
     ));
     let written = (|| -> io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let mut file = options.open(&temp)?;
         let text = Zeroizing::new(format!("# {comment}\n{}\n", hex::encode(key)));
         file.write_all(text.as_bytes())?;
         file.sync_all()
@@ -260,7 +266,9 @@ fn create_secret_file(path: &Path, comment: &str, key: &[u8; 32]) -> Result<(), 
     }
 }
 
+// The tests check Unix file modes; the cloud is deployed on Unix.
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
 

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,8 +108,11 @@ pub enum ServeError {
 pub async fn serve(config: CloudConfig, only: Option<ServiceKind>) -> Result<(), ServeError> {
     let server = Server::start(config, only).await?;
     let shutdown = server.shutdown_token();
+    #[cfg(unix)]
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Signals)?;
+    #[cfg(not(unix))]
+    let mut terminate = NoTerminate;
     let signals = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -125,18 +129,41 @@ pub async fn serve(config: CloudConfig, only: Option<ServiceKind>) -> Result<(),
     result
 }
 
+/// Without SIGTERM (non-Unix builds) only Ctrl+C stops the cloud.
+#[cfg(not(unix))]
+struct NoTerminate;
+
+#[cfg(not(unix))]
+impl NoTerminate {
+    async fn recv(&mut self) -> Option<()> {
+        std::future::pending().await
+    }
+}
+
 /// Creates the data directory (mode 0700) if it does not exist.
 pub fn prepare_data_dir(dir: &Path) -> Result<(), ServeError> {
     let err = |source| ServeError::DataDir {
         path: dir.to_owned(),
         source,
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(err)?;
-    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode();
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir).map_err(err)
+    }
+    #[cfg(unix)]
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+        warn_if_open(dir).map_err(err)
+    }
+}
+
+#[cfg(unix)]
+fn warn_if_open(dir: &Path) -> io::Result<()> {
+    let mode = std::fs::metadata(dir)?.permissions().mode();
     if mode & 0o022 != 0 {
         tracing::warn!(
             path = %dir.display(),
@@ -808,6 +835,7 @@ mod tests {
         let stored = ctx.store.setting(ULA_SETTING).await.unwrap().unwrap();
         assert_eq!(stored, ctx.ipv6_pool.to_string());
         let data = dir.path().join("data");
+        #[cfg(unix)]
         assert_eq!(
             std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
             0o700

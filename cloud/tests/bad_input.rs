@@ -4,6 +4,9 @@
 //! same test and must keep working. Afterwards the drops are counted per service, the
 //! process is alive, and no attacker socket ever got an answer.
 
+// The cloud is a Unix service: its process tests check Unix file modes and signals.
+#![cfg(unix)]
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};

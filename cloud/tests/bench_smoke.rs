@@ -2,6 +2,9 @@
 //! cloud, every phase run, every operation answered. (The full benchmark is not a
 //! test; see `cloud/bench.sh`.)
 
+// The cloud is a Unix service: its process tests check Unix file modes and signals.
+#![cfg(unix)]
+
 use clap::Parser as _;
 use cyphonic_cloud::bench::{self, BenchArgs};
 

@@ -1,6 +1,9 @@
 //! End-to-end tests with the real `cyphonic-cloud` binary on loopback, the node side
 //! played by `cyphonic_host::signaling`.
 
+// The cloud is a Unix service: its process tests check Unix file modes and signals.
+#![cfg(unix)]
+
 mod common;
 
 use std::net::Ipv4Addr;

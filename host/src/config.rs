@@ -14,9 +14,24 @@ use ed25519_dalek::VerifyingKey;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+#[cfg(not(windows))]
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cyphonic/node.yaml";
+#[cfg(not(windows))]
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cyphonic";
+#[cfg(not(windows))]
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/cyphonic/cyphonicd.sock";
+#[cfg(not(windows))]
+pub const DEFAULT_FILTER: &str = "/etc/cyphonic/dns_filter.lua";
+// %ProgramData% is C:\ProgramData on every supported Windows; the installer passes
+// `--config` explicitly anyway, and relative paths in the file follow the file.
+#[cfg(windows)]
+pub const DEFAULT_CONFIG_PATH: &str = r"C:\ProgramData\cyphonic\node.yaml";
+#[cfg(windows)]
+pub const DEFAULT_STATE_DIR: &str = r"C:\ProgramData\cyphonic\state";
+#[cfg(windows)]
+pub const DEFAULT_CONTROL_SOCKET: &str = r"\\.\pipe\cyphonic";
+#[cfg(windows)]
+pub const DEFAULT_FILTER: &str = r"C:\ProgramData\cyphonic\dns_filter.lua";
 pub const DEFAULT_LISTEN_PORT: u16 = 7400;
 pub const DEFAULT_MTU: u32 = 1420;
 /// The text prefix of a pinned cloud key (`cyphonic-cloud key show` prints it).
@@ -89,6 +104,9 @@ pub struct NodeConfig {
     pub control: ControlSection,
     #[serde(default)]
     pub mobility: MobilitySection,
+    /// The starter page (`cyphonic ui`).
+    #[serde(default)]
+    pub ui: UiSection,
     /// The config-logic script (`scripts/config.lua`), run on every load and reload;
     /// null: none.
     #[serde(default)]
@@ -198,10 +216,13 @@ pub enum BlockResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SystemDnsMode {
-    /// systemd-resolved when it runs, else a managed resolv.conf.
+    /// Linux: systemd-resolved when it runs, else a managed resolv.conf.
+    /// Windows: an NRPT rule.
     Auto,
     Resolved,
     ResolvConf,
+    /// Windows: a Name Resolution Policy Table rule sends only overlay names to us.
+    Nrpt,
     /// Leave the system's DNS alone.
     None,
 }
@@ -234,7 +255,7 @@ impl Default for ResolverSection {
         Self {
             listen: Vec::new(),
             upstreams: Vec::new(),
-            filter: PathBuf::from("/etc/cyphonic/dns_filter.lua"),
+            filter: PathBuf::from(DEFAULT_FILTER),
             block_response: BlockResponse::Nxdomain,
             ttl_secs: 5,
             overlay_timeout_ms: 1000,
@@ -257,6 +278,27 @@ impl Default for ControlSection {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        }
+    }
+}
+
+/// The starter page: a local web page for login and status, served by the daemon.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiSection {
+    pub enabled: bool,
+    /// A loopback address only: the page is for this machine's own browser.
+    pub listen: SocketAddr,
+}
+
+pub const DEFAULT_UI_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7480);
+
+impl Default for UiSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: DEFAULT_UI_LISTEN,
         }
     }
 }
@@ -356,6 +398,15 @@ impl NodeConfig {
             return Err(invalid(
                 "resolver.lua_*",
                 "the Lua budget must be positive and the memory limit at least 64 KiB".to_owned(),
+            ));
+        }
+        if !self.ui.listen.ip().is_loopback() {
+            return Err(invalid(
+                "ui.listen",
+                format!(
+                    "{} is not a loopback address (the starter page is for this machine only)",
+                    self.ui.listen
+                ),
             ));
         }
         Ok(())
@@ -479,6 +530,27 @@ plugins:
             .unwrap_err()
             .to_string();
         assert!(err.contains("interface.mtu"), "{err}");
+    }
+
+    #[test]
+    fn the_starter_page_listens_on_loopback_only() {
+        let config = parse(MINIMAL, Path::new("node.yaml")).unwrap();
+        assert!(config.ui.enabled);
+        assert_eq!(config.ui.listen, DEFAULT_UI_LISTEN);
+        let text = format!("{MINIMAL}ui:\n  listen: \"[::1]:7000\"\n");
+        assert_eq!(
+            parse(&text, Path::new("node.yaml"))
+                .unwrap()
+                .ui
+                .listen
+                .port(),
+            7000
+        );
+        let text = format!("{MINIMAL}ui:\n  listen: \"0.0.0.0:7480\"\n");
+        let err = parse(&text, Path::new("node.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ui.listen"), "{err}");
     }
 
     #[test]

@@ -1,20 +1,21 @@
 //! The local control API between `cyphonicd` and the `cyphonic` CLI (and later the
-//! local web page): one JSON request and one JSON response per line over a Unix socket
-//! that only root may open (the socket is mode 0600 in a 0700 directory).
+//! local web page): one JSON request and one JSON response per line. On Unix over a
+//! Unix socket that only root may open (mode 0600 in a 0700 directory); on Windows over
+//! a named pipe whose DACL admits only SYSTEM and Administrators
+//! (`crate::windows::pipe`). The configured `control.socket` is the socket path or the
+//! pipe name (`\\.\pipe\cyphonic`).
 //!
 //! The types here are the whole protocol; the daemon implements [`Handler`], the CLI
 //! calls [`request`].
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::packet::PeerStatus;
 use crate::plugins::PluginInfo;
@@ -43,6 +44,8 @@ pub enum Request {
     Logout,
     /// Re-read the configuration and scripts now (also on file change and SIGHUP).
     Reload,
+    /// A one-time login link to the starter page (`cyphonic ui`): valid 60 s, once.
+    UiUrl,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +57,7 @@ pub enum Response {
     Ping(PingReport),
     Reloaded(ReloadReport),
     Done { message: String },
+    UiUrl { url: String },
     Error { message: String },
 }
 
@@ -161,8 +165,8 @@ pub enum ControlError {
     Protocol(String),
 }
 
-/// Binds the control socket (replacing a stale one) and serves it until the returned
-/// task is aborted.
+/// Binds the control socket or pipe (replacing a stale socket) and serves it until the
+/// returned task is aborted.
 pub fn serve(
     path: &Path,
     handler: Arc<dyn Handler>,
@@ -171,25 +175,16 @@ pub fn serve(
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let mut listener = transport::Listener::bind(path).map_err(io)?;
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+            let stream = match listener.accept().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "control accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let handler = Arc::clone(&handler);
             tokio::spawn(async move {
@@ -201,8 +196,11 @@ pub fn serve(
     }))
 }
 
-async fn serve_connection(stream: UnixStream, handler: Arc<dyn Handler>) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+async fn serve_connection(
+    stream: impl AsyncRead + AsyncWrite,
+    handler: Arc<dyn Handler>,
+) -> std::io::Result<()> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read.take(MAX_REQUEST as u64)).lines();
     while let Some(line) = lines.next_line().await? {
         let response = match serde_json::from_str::<Request>(&line) {
@@ -214,13 +212,14 @@ async fn serve_connection(stream: UnixStream, handler: Arc<dyn Handler>) -> std:
         let mut text = serde_json::to_string(&response).map_err(std::io::Error::other)?;
         text.push('\n');
         write.write_all(text.as_bytes()).await?;
+        write.flush().await?;
     }
     Ok(())
 }
 
 /// Sends one request to the daemon and waits for its answer.
 pub async fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
-    let stream = UnixStream::connect(path)
+    let stream = transport::connect(path)
         .await
         .map_err(|source| ControlError::Connect {
             path: path.to_path_buf(),
@@ -230,11 +229,12 @@ pub async fn request(path: &Path, request: &Request) -> Result<Response, Control
         path: path.to_path_buf(),
         source,
     };
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut text =
         serde_json::to_string(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
     text.push('\n');
     write.write_all(text.as_bytes()).await.map_err(io)?;
+    write.flush().await.map_err(io)?;
     let mut lines = BufReader::new(read).lines();
     let line = lines
         .next_line()
@@ -242,6 +242,86 @@ pub async fn request(path: &Path, request: &Request) -> Result<Response, Control
         .map_err(io)?
         .ok_or_else(|| ControlError::Protocol("connection closed without an answer".into()))?;
     serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))
+}
+
+#[cfg(unix)]
+mod transport {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::path::Path;
+
+    use tokio::net::{UnixListener, UnixStream};
+
+    #[derive(Debug)]
+    pub(super) struct Listener(UnixListener);
+
+    impl Listener {
+        pub(super) fn bind(path: &Path) -> std::io::Result<Self> {
+            if let Some(dir) = path.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let listener = UnixListener::bind(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            Ok(Self(listener))
+        }
+
+        pub(super) async fn accept(&mut self) -> std::io::Result<UnixStream> {
+            self.0.accept().await.map(|(stream, _)| stream)
+        }
+    }
+
+    pub(super) async fn connect(path: &Path) -> std::io::Result<UnixStream> {
+        UnixStream::connect(path).await
+    }
+}
+
+#[cfg(windows)]
+mod transport {
+    use std::path::Path;
+
+    use tokio::net::windows::named_pipe::{NamedPipeClient, NamedPipeServer};
+
+    use crate::windows::pipe::PipeListener;
+
+    #[derive(Debug)]
+    pub(super) struct Listener(PipeListener);
+
+    impl Listener {
+        pub(super) fn bind(path: &Path) -> std::io::Result<Self> {
+            PipeListener::bind(&pipe_name(path)?).map(Self)
+        }
+
+        pub(super) async fn accept(&mut self) -> std::io::Result<NamedPipeServer> {
+            self.0.accept().await
+        }
+    }
+
+    pub(super) async fn connect(path: &Path) -> std::io::Result<NamedPipeClient> {
+        crate::windows::pipe::connect(&pipe_name(path)?).await
+    }
+
+    fn pipe_name(path: &Path) -> std::io::Result<String> {
+        let name = path.to_str().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the control pipe name is not valid Unicode",
+            )
+        })?;
+        if !name.starts_with(r"\\.\pipe\") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(r"control.socket must be a named pipe like \\.\pipe\cyphonic, not {name}"),
+            ));
+        }
+        Ok(name.to_owned())
+    }
 }
 
 #[cfg(test)]
@@ -264,12 +344,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn request_and_answer_over_a_private_socket() {
+    async fn request_and_answer_over_a_private_channel() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run/cyphonicd.sock");
+        #[cfg(unix)]
+        let (path, missing) = (
+            dir.path().join("run/cyphonicd.sock"),
+            dir.path().join("nope.sock"),
+        );
+        #[cfg(windows)]
+        let (path, missing) = {
+            let _ = &dir;
+            let pid = std::process::id();
+            (
+                PathBuf::from(format!(r"\\.\pipe\cyphonic-control-test-{pid}")),
+                PathBuf::from(format!(r"\\.\pipe\cyphonic-control-missing-{pid}")),
+            )
+        };
         let task = serve(&path, Arc::new(Echo)).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         let answer = request(
             &path,
             &Request::Resolve {
@@ -283,13 +380,15 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Garbage gets an error answer, not a dropped connection or a crash.
-        let mut stream = UnixStream::connect(&path).await.unwrap();
-        stream.write_all(b"{\"cmd\":\"fly\"}\n").await.unwrap();
-        let mut lines = BufReader::new(stream).lines();
+        let stream = transport::connect(&path).await.unwrap();
+        let (read, mut write) = tokio::io::split(stream);
+        write.write_all(b"{\"cmd\":\"fly\"}\n").await.unwrap();
+        write.flush().await.unwrap();
+        let mut lines = BufReader::new(read).lines();
         let line = lines.next_line().await.unwrap().unwrap();
         assert!(line.contains("bad request"), "{line}");
         task.abort();
-        let missing = request(&dir.path().join("nope.sock"), &Request::Status).await;
+        let missing = request(&missing, &Request::Status).await;
         assert!(matches!(missing, Err(ControlError::Connect { .. })));
     }
 }

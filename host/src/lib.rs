@@ -11,12 +11,16 @@
 //! - [`packet`]: packet hook and packet handling: the data path.
 //! - [`mobility`]: address-change detection (plugin or polling).
 //! - [`control`]: the local API the CLI talks to.
+//! - [`login`]: the AS login shared by `cyphonic login` and the starter page.
+//! - [`ui`]: the starter page, a local web page served by the daemon.
 //! - [`sys`]: the few OS calls std does not wrap.
+//! - `windows` (Windows only): the service, the control pipe, ACLs and NRPT.
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod config_logic;
 pub mod control;
+pub mod login;
 pub mod lua;
 pub mod mobility;
 pub mod packet;
@@ -25,4 +29,7 @@ pub mod resolver;
 pub mod signaling;
 pub mod state;
 pub mod sys;
+pub mod ui;
 pub mod validate;
+#[cfg(windows)]
+pub mod windows;

@@ -1,6 +1,7 @@
-//! What the node keeps on disk between runs, in its state directory (mode 0700): the
-//! static X25519 key (`node.key`) and the credential the AS issued for it
-//! (`credential.json`), both mode 0600. `cyphonic login` writes them; the daemon reads
+//! What the node keeps on disk between runs, in its state directory (mode 0700 on Unix;
+//! on Windows a protected DACL for SYSTEM and Administrators only, inherited by the
+//! files): the static X25519 key (`node.key`) and the credential the AS issued for it
+//! (`credential.json`), both mode 0600 on Unix. `cyphonic login` writes them; the daemon reads
 //! them at start and rewrites the credential on every renewal.
 //!
 //! Files are replaced atomically (write a temporary file, fsync, rename), so a crash
@@ -8,6 +9,7 @@
 
 use std::fs;
 use std::io::Write;
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -164,12 +166,21 @@ impl StateDir {
             path: self.dir.clone(),
             source,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(io)?;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io)
+        #[cfg(unix)]
+        {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .map_err(io)?;
+            fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io)
+        }
+        // The protected DACL is inherited by every file created inside, the temporary
+        // file of `write_private` included, so no file is ever readable by other users.
+        #[cfg(windows)]
+        {
+            crate::windows::acl::create_private_dir(&self.dir).map_err(io)
+        }
     }
 
     fn write_private(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
@@ -181,12 +192,11 @@ impl StateDir {
             source,
         };
         let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let mut f = options.open(&tmp).map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, &path).map_err(io)
@@ -200,6 +210,7 @@ mod tests {
     use cyphonic_proto::wire::NodeId;
     use ed25519_dalek::SigningKey;
 
+    #[cfg(unix)]
     #[test]
     fn key_is_created_once_and_private() {
         let dir = tempfile::tempdir().unwrap();

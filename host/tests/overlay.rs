@@ -3,6 +3,8 @@
 //! namespaces' resolv.conf. Needs root, iproute2, iputils ping, iperf3 and tcpdump
 //! (scripts/test.sh installs them).
 
+// Network namespaces, TUN devices and netlink: Linux only.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
 mod support;

@@ -3,6 +3,9 @@
 //! families. Each test asserts the path kind `cyphonic peers --json` reports and that
 //! traffic flows (overlay-level probes and kernel pings over the TUN devices). Needs
 //! root, iproute2, nftables, iputils ping (scripts/test.sh installs them).
+
+// Network namespaces, TUN devices and netlink: Linux only.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
 mod support;

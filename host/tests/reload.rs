@@ -1,6 +1,9 @@
 //! Reconfiguring running nodes: YAML edits, a replaced DNS filter, a new crypto suite
 //! list and a broken file, all while a TCP transfer runs through the overlay. Needs
 //! root, iproute2, nftables, iperf3 (scripts/test.sh installs them).
+
+// Network namespaces, TUN devices and netlink: Linux only.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
 mod support;

@@ -3,6 +3,8 @@
 //! families, two nodes behind one NAT, blocking the direct path and moving a node.
 //! Needs root, iproute2 and nftables (scripts/test.sh installs them).
 
+// Network namespaces, TUN devices and netlink: Linux only.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
 mod support;

@@ -553,6 +553,48 @@ fn keepalive_follows_one_way_traffic_and_sessions_expire() {
     );
 }
 
+/// A peer that stops answering (it crashed and restarted without our session) is
+/// reported once per silence, and a new handshake starts, so the host can ask the NMS
+/// for the route again.
+#[test]
+fn a_silent_peer_is_reported_unresponsive() {
+    let config = shrunk_config();
+    let mut pair = Pair::new(config.clone());
+    pair.handshake();
+    pair.run_for(Duration::from_millis(100));
+    pair.a.events.clear();
+    pair.tap = Some(Box::new(|to, _| {
+        if to == Side::A {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    }));
+    let requests_before = pair.sent_by(Side::A, MessageType::TunnelRequest).len();
+    pair.send(Side::A, b"into the void");
+    pair.run_for(config.keepalive_timeout + config.rekey_timeout + Duration::from_millis(100));
+    assert_eq!(
+        pair.a
+            .events
+            .iter()
+            .filter(|e| **e == PeerEvent::Unresponsive)
+            .count(),
+        1,
+        "{:?}",
+        pair.a.events
+    );
+    assert!(pair.sent_by(Side::A, MessageType::TunnelRequest).len() > requests_before);
+    // Answers again: the new handshake completes and traffic flows.
+    pair.tap = None;
+    pair.run_for(config.rekey_timeout_max * 2);
+    pair.send(Side::A, b"back");
+    pair.drive();
+    assert_eq!(
+        pair.b.received.last().map(Vec::as_slice),
+        Some(&b"back"[..])
+    );
+}
+
 /// The core no-loss property: a packet every 10 ms each way across many rekeys
 /// (time-based, shrunk to 2 s), with reordering, every packet delivered exactly once.
 #[test]

@@ -5,6 +5,7 @@
 use std::fs::{DirBuilder, File};
 use std::io::{self, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+#[cfg(unix)]
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,8 +43,7 @@ impl CloudProcess {
     pub(super) fn start(bin: &Path, log_filter: &str, keep: bool) -> anyhow::Result<Self> {
         let work = WorkDir::create(keep)?;
         let data = work.path.join("data");
-        DirBuilder::new()
-            .mode(0o700)
+        private_dir_builder()
             .create(&data)
             .with_context(|| format!("creating {}", data.display()))?;
         // Created here, loaded by the child: both sides hold the same key.
@@ -187,8 +187,7 @@ impl WorkDir {
             .map_or(0, |d| d.subsec_nanos());
         let path =
             std::env::temp_dir().join(format!("cyphonic-bench-{}-{nanos:09}", std::process::id()));
-        DirBuilder::new()
-            .mode(0o700)
+        private_dir_builder()
             .create(&path)
             .with_context(|| format!("creating {}", path.display()))?;
         Ok(Self { path, keep })
@@ -312,6 +311,15 @@ fn parse_metrics(body: &str) -> Vec<(String, f64)> {
             Some((name.to_owned(), value.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// A DirBuilder for directories only the owner may enter (mode 0700 on Unix).
+fn private_dir_builder() -> DirBuilder {
+    #[cfg_attr(not(unix), allow(unused_mut))]
+    let mut builder = DirBuilder::new();
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! (last) addresses; IPv6 pools skip the subnet-router anycast address (slot 0).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::str::FromStr;
@@ -523,20 +524,24 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            builder.mode(0o700);
+            builder
                 .create(parent)
                 .map_err(|e| io_error("creating the directory of", e))?;
         }
     }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    match options.open(path) {
         Ok(_) => Ok(()),
+        #[cfg(not(unix))]
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        #[cfg(unix)]
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let mode = std::fs::metadata(path)
                 .map_err(|e| io_error("reading", e))?
@@ -589,6 +594,7 @@ mod tests {
         (dir, store)
     }
 
+    #[cfg(unix)]
     #[tokio::test]
     async fn creates_private_files() {
         let (dir, store) = temp_store().await;

@@ -7,6 +7,7 @@
 //! cyphonic [--config FILE] [--json] ping <name> [-c COUNT] [-i MS]
 //! cyphonic [--config FILE] login [--device-id ID] [--password-stdin]
 //! cyphonic [--config FILE] logout
+//! cyphonic [--config FILE] ui [--print-url]
 //! ```
 //!
 //! Everything but `login` asks the running daemon over its control socket. `login`
@@ -17,13 +18,11 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use cyphonic_host::config::{self, NodeConfig};
 use cyphonic_host::control::{self, NodeStatus, PingReport, Request, Response};
 use cyphonic_host::packet::PeerStatus;
-use cyphonic_host::signaling::AuthClient;
-use cyphonic_host::state::{StateDir, StoredCredential};
 use cyphonic_proto::time::UnixTime;
 use zeroize::Zeroizing;
 
@@ -73,6 +72,13 @@ enum Command {
     /// Re-read the configuration and scripts now; prints what changed, what was
     /// applied and what was refused.
     Reload,
+    /// Open the starter page (login and status in the browser) with a one-time login
+    /// link from the daemon; the link works once, within 60 s.
+    Ui {
+        /// Print the link instead of opening the default browser.
+        #[arg(long)]
+        print_url: bool,
+    },
     /// Check a configuration offline the way a reload does (parse, config logic, DNS
     /// filter, plugins); default: the --config file.
     CheckConfig { file: Option<PathBuf> },
@@ -151,6 +157,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         },
         Command::Logout => Request::Logout,
         Command::Reload => Request::Reload,
+        Command::Ui { print_url } => {
+            return open_ui(&socket, *print_url, cli.json, &mut out).await;
+        }
         Command::CheckConfig { .. } => unreachable!("handled above"),
     };
     let response = control::request(&socket, &request).await?;
@@ -198,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Response::Done { message } => writeln!(out, "{message}")?,
+        Response::UiUrl { url } => writeln!(out, "{url}")?,
         Response::Error { message } => {
             bail!("{message}");
         }
@@ -275,7 +285,7 @@ async fn login(
     if device_id.is_empty() {
         bail!("the device ID is empty");
     }
-    let password = if interactive {
+    let mut password = if interactive {
         Zeroizing::new(rpassword::prompt_password("Password: ").context("reading the password")?)
     } else {
         let mut line = Zeroizing::new(String::new());
@@ -286,35 +296,104 @@ async fn login(
         let trimmed = line.trim_end_matches(['\r', '\n']).to_owned();
         Zeroizing::new(trimmed)
     };
-    if password.is_empty() {
-        bail!("the password is empty");
+    let logged_in = cyphonic_host::login::login(
+        config,
+        &device_id,
+        Zeroizing::new(std::mem::take(&mut *password).into_bytes()),
+    )
+    .await?;
+    eprintln!(
+        "this device is {} ({}, {})",
+        logged_in.fqdn, logged_in.vip4, logged_in.vip6
+    );
+    Ok(())
+}
+
+/// `cyphonic ui`: asks the daemon for a one-time login link and opens it (or prints
+/// it).
+async fn open_ui(
+    socket: &std::path::Path,
+    print_url: bool,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<std::process::ExitCode> {
+    let url = match control::request(socket, &Request::UiUrl).await? {
+        Response::UiUrl { url } => url,
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from cyphonicd: {other:?}"),
+    };
+    if print_url || json {
+        if json {
+            writeln!(out, "{}", serde_json::json!({ "url": url }))?;
+        } else {
+            writeln!(out, "{url}")?;
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
     }
-    let cloud_key = config.cloud_key().map_err(|e| anyhow!("cloud.key: {e}"))?;
-    let state = StateDir::new(&config.state_dir);
-    let static_secret = state.node_key().context("reading the node key")?;
-    let as_addr = config::resolve_service(&config.cloud.auth)
-        .with_context(|| format!("resolving {}", config.cloud.auth))?[0];
-    let outcome = AuthClient::default()
-        .login(
-            as_addr,
-            &cloud_key,
-            &static_secret,
-            &device_id,
-            Zeroizing::new(password.as_bytes().to_vec()),
-        )
-        .await
-        .with_context(|| format!("logging in at the AS {as_addr}"))?;
-    let c = outcome.credential.credential();
-    eprintln!("this device is {} ({}, {})", c.fqdn, c.vip4, c.vip6);
-    state
-        .store_credential(&StoredCredential {
-            credential: outcome.credential.clone(),
-            domain: outcome.domain,
-            device_id,
-            obtained_at: UnixTime::from_system_time(SystemTime::now()),
-            renew_after_secs: outcome.renew_after.as_secs(),
-        })
-        .context("storing the credential")?;
+    match open_browser(&url) {
+        Ok(()) => {
+            eprintln!("opened the starter page in the default browser (the link works once)");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("cyphonic: cannot open a browser ({e:#}); open this link within 60 s:");
+            writeln!(out, "{url}")?;
+            Ok(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Opens `url` in the user's default browser. Run through `sudo`, the browser starts
+/// as the invoking user, not as root.
+#[cfg(unix)]
+fn open_browser(url: &str) -> anyhow::Result<()> {
+    let sudo_user = std::env::var("SUDO_USER")
+        .ok()
+        .filter(|u| !u.is_empty() && u != "root");
+    let mut cmd = match sudo_user {
+        Some(user) => {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", &user, "--", "env"]);
+            for var in [
+                "DISPLAY",
+                "WAYLAND_DISPLAY",
+                "XAUTHORITY",
+                "XDG_RUNTIME_DIR",
+                "DBUS_SESSION_BUS_ADDRESS",
+            ] {
+                if let Ok(value) = std::env::var(var) {
+                    c.arg(format!("{var}={value}"));
+                }
+            }
+            c.arg("xdg-open");
+            c
+        }
+        None => std::process::Command::new("xdg-open"),
+    };
+    let status = cmd
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("running xdg-open")?;
+    if !status.success() {
+        bail!("xdg-open failed: {status}");
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn open_browser(url: &str) -> anyhow::Result<()> {
+    // `start` hands the URL to the shell's default handler; the empty title keeps a
+    // quoted URL from being taken for the window title. The URL has no shell
+    // metacharacters (http://127.0.0.1:PORT/?token=HEX).
+    let status = std::process::Command::new("cmd")
+        .args(["/C", "start", ""])
+        .arg(url)
+        .status()
+        .context("running cmd /C start")?;
+    if !status.success() {
+        bail!("cmd /C start failed: {status}");
+    }
     Ok(())
 }
 

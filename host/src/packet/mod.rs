@@ -65,6 +65,8 @@ const UDP_BATCH: usize = 16;
 const UDP_BUF: usize = 1 << 16;
 /// Most datagrams one UDP batch can hold, GRO included.
 const MAX_DELIVER: usize = UDP_BATCH * 64;
+/// Datagrams from the NMS waiting for the signaling task (a burst of pushes).
+const CLOUD_TAP_QUEUE: usize = 64;
 /// Largest UDP payload of one GSO send.
 const MAX_GSO_BYTES: usize = 65_000;
 /// How long the data threads sleep before looking at the stop flag again.
@@ -242,6 +244,15 @@ struct Shared {
     own6: Ipv6Addr,
     mtu: AtomicUsize,
     counters: DataCounters,
+    /// Datagrams from the NMS, handed to the signaling task when the NMS channel rides
+    /// on this socket ([`DataPlane::cloud_port`]).
+    cloud_tap: ArcSwapOption<CloudTap>,
+}
+
+/// Where datagrams from the NMS go when the NMS channel shares the tunnel socket.
+struct CloudTap {
+    nms: SocketAddr,
+    to_signaling: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -371,6 +382,7 @@ impl DataPlane {
             own6: own.1,
             mtu: AtomicUsize::new(mtu),
             counters: DataCounters::default(),
+            cloud_tap: ArcSwapOption::empty(),
         });
         let mut threads = Vec::new();
         let spawn = |name: &str, f: fn(&Shared)| {
@@ -389,6 +401,25 @@ impl DataPlane {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.shared.socket.local_addr()
+    }
+
+    /// Carries the NMS channel on the tunnel socket itself, for systems without
+    /// SO_REUSEPORT (Windows): the NMS then observes the tunnel port's NAT mapping, as
+    /// peers must use it. Datagrams from `nms` go to the returned port's receiver
+    /// instead of the tunnel; sends leave from the tunnel socket. Replaces an earlier
+    /// tap.
+    pub fn cloud_port(&self, nms: SocketAddr) -> std::io::Result<crate::signaling::SharedPort> {
+        let (to_signaling, incoming) = tokio::sync::mpsc::channel(CLOUD_TAP_QUEUE);
+        let socket = self.shared.socket.try_clone()?;
+        let nms = canonical(nms);
+        self.shared
+            .cloud_tap
+            .store(Some(Arc::new(CloudTap { nms, to_signaling })));
+        Ok(crate::signaling::SharedPort::new(
+            socket,
+            self.shared.wire_addr(nms),
+            incoming,
+        ))
     }
 
     pub fn counters(&self) -> &DataCounters {
@@ -1074,6 +1105,13 @@ impl Shared {
                 PeerEvent::HandshakeFailed(reason) => {
                     tracing::warn!(peer = %meta.fqdn, %reason, "handshake failed");
                 }
+                PeerEvent::Unresponsive => {
+                    // A peer that restarted refuses our handshake until the NMS has
+                    // told it about us again: a fresh Direction Request does that
+                    // (the NMS sends the Route Direction to both ends).
+                    tracing::info!(peer = %meta.fqdn, "peer unresponsive: asking the NMS for its route again");
+                    let _ = self.needs.send(IpAddr::V4(meta.vip4));
+                }
             }
         }
     }
@@ -1321,6 +1359,7 @@ fn inbound_loop(shared: &Shared) {
         let now = Instant::now();
         let unix_now = unix_now();
         deliver.clear();
+        let cloud_tap = shared.cloud_tap.load();
         {
             let mut guard = shared.lock();
             let t = &mut *guard;
@@ -1334,6 +1373,14 @@ fn inbound_loop(shared: &Shared) {
                         .counters
                         .udp_datagrams_received
                         .fetch_add(1, Ordering::Relaxed);
+                    if let Some(tap) = &*cloud_tap {
+                        if tap.nms == source {
+                            // Signaling, not tunnel traffic; a full queue drops it
+                            // like a lost datagram (the channel retransmits).
+                            let _ = tap.to_signaling.try_send(segment.to_vec());
+                            continue;
+                        }
+                    }
                     if let Some(range) = handle_datagram(shared, t, now, unix_now, source, segment)
                     {
                         deliver.push((base + s * stride + range.0, range.1));

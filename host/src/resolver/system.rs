@@ -1,6 +1,6 @@
-//! Pointing the Linux system's DNS at the CYPHONIC resolver, and undoing it.
+//! Pointing the system's DNS at the CYPHONIC resolver, and undoing it.
 //!
-//! Two methods ([`SystemDnsMode`]):
+//! Three methods ([`SystemDnsMode`]), the first two on Linux, the third on Windows:
 //! - `resolved`: systemd-resolved gets the resolver as the DNS server of the overlay
 //!   interface with `~<domain>` as its routing-only domain, so only overlay names come
 //!   to us; undone with `resolvectl revert`. A marker file in the state directory
@@ -12,6 +12,10 @@
 //!   (truncate and write, never a rename over it): in network-namespace setups it is a
 //!   bind mount, and a rename would fail or break the mount. The managed file starts
 //!   with [`MANAGED_MARKER`].
+//! - `nrpt`: a Name Resolution Policy Table rule (`crate::windows::nrpt`) sends the
+//!   overlay domain to the resolver; the DNS client cache is flushed. The rule has a
+//!   fixed key, so a restart after a crash finds and removes it. When Group Policy
+//!   defines NRPT rules, Windows ignores local ones: that is reported, not hidden.
 //!
 //! Crash safety: a backup that exists at start means we died while managing the file.
 //! [`recover_after_crash`] (and [`SystemDns::install`]) then restore the backup, but
@@ -23,7 +27,9 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr};
+#[cfg(not(windows))]
+use std::net::{Ipv6Addr, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
@@ -42,12 +48,13 @@ const RESOLVED_STUB: &str = "/run/systemd/resolve/stub-resolv.conf";
 /// How the system's DNS is pointed at the resolver (`resolver.system` in the config).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SystemDnsMode {
-    /// `Resolved` when systemd-resolved runs (its stub file exists and `resolvectl`
-    /// is on `PATH`), else `ResolvConf`.
+    /// Linux: `Resolved` when systemd-resolved runs (its stub file exists and
+    /// `resolvectl` is on `PATH`), else `ResolvConf`. Windows: `Nrpt`.
     #[default]
     Auto,
     Resolved,
     ResolvConf,
+    Nrpt,
     /// Leave the system alone.
     None,
 }
@@ -60,9 +67,10 @@ impl FromStr for SystemDnsMode {
             "auto" => Ok(Self::Auto),
             "resolved" => Ok(Self::Resolved),
             "resolv-conf" => Ok(Self::ResolvConf),
+            "nrpt" => Ok(Self::Nrpt),
             "none" => Ok(Self::None),
             other => Err(format!(
-                "unknown system DNS mode `{other}` (auto, resolved, resolv-conf or none)"
+                "unknown system DNS mode `{other}` (auto, resolved, resolv-conf, nrpt or none)"
             )),
         }
     }
@@ -79,6 +87,16 @@ pub enum SystemDnsError {
     Resolvectl { args: String, message: String },
     #[error("systemd-resolved is not running (no {RESOLVED_STUB} or no resolvectl on PATH)")]
     ResolvedUnavailable,
+    #[error(
+        "resolver.system `{mode}` is not available on this operating system (use {native} or none)"
+    )]
+    WrongPlatform {
+        mode: &'static str,
+        native: &'static str,
+    },
+    #[cfg(windows)]
+    #[error(transparent)]
+    Nrpt(#[from] crate::windows::nrpt::NrptError),
 }
 
 /// The applied system DNS configuration; [`SystemDns::uninstall`] undoes it, and so
@@ -90,8 +108,16 @@ pub struct SystemDns {
 
 #[derive(Debug)]
 enum Applied {
-    Resolved { ifname: String, marker: PathBuf },
-    ResolvConf { path: PathBuf, backup: PathBuf },
+    Resolved {
+        ifname: String,
+        marker: PathBuf,
+    },
+    ResolvConf {
+        path: PathBuf,
+        backup: PathBuf,
+    },
+    #[cfg(windows)]
+    Nrpt,
     Nothing,
 }
 
@@ -107,8 +133,25 @@ impl SystemDns {
         state_dir: &Path,
     ) -> Result<Self, SystemDnsError> {
         let mode = match mode {
+            SystemDnsMode::Auto if cfg!(windows) => SystemDnsMode::Nrpt,
             SystemDnsMode::Auto if resolved_running() => SystemDnsMode::Resolved,
             SystemDnsMode::Auto => SystemDnsMode::ResolvConf,
+            SystemDnsMode::Resolved | SystemDnsMode::ResolvConf if cfg!(windows) => {
+                return Err(SystemDnsError::WrongPlatform {
+                    mode: if mode == SystemDnsMode::Resolved {
+                        "resolved"
+                    } else {
+                        "resolv-conf"
+                    },
+                    native: "nrpt",
+                });
+            }
+            SystemDnsMode::Nrpt if !cfg!(windows) => {
+                return Err(SystemDnsError::WrongPlatform {
+                    mode: "nrpt",
+                    native: "resolved, resolv-conf",
+                });
+            }
             SystemDnsMode::Resolved if !resolved_running() => {
                 return Err(SystemDnsError::ResolvedUnavailable);
             }
@@ -117,7 +160,9 @@ impl SystemDns {
         let applied = match mode {
             SystemDnsMode::Resolved => install_resolved(ifname, resolver_ip, domain, state_dir)?,
             SystemDnsMode::ResolvConf => install_resolv_conf(resolver_ip, resolv_conf, state_dir)?,
-            SystemDnsMode::Auto | SystemDnsMode::None => Applied::Nothing,
+            #[cfg(windows)]
+            SystemDnsMode::Nrpt => install_nrpt(resolver_ip, domain)?,
+            _ => Applied::Nothing,
         };
         Ok(Self { applied })
     }
@@ -127,6 +172,8 @@ impl SystemDns {
         match self.applied {
             Applied::Resolved { .. } => SystemDnsMode::Resolved,
             Applied::ResolvConf { .. } => SystemDnsMode::ResolvConf,
+            #[cfg(windows)]
+            Applied::Nrpt => SystemDnsMode::Nrpt,
             Applied::Nothing => SystemDnsMode::None,
         }
     }
@@ -145,6 +192,12 @@ impl SystemDns {
                 Ok(())
             }
             Applied::ResolvConf { path, backup } => restore_resolv_conf(&path, &backup),
+            #[cfg(windows)]
+            Applied::Nrpt => {
+                crate::windows::nrpt::remove()?;
+                tracing::info!("system DNS: NRPT rule removed");
+                Ok(())
+            }
             Applied::Nothing => Ok(()),
         }
     }
@@ -163,6 +216,11 @@ impl Drop for SystemDns {
 /// systemd-resolved link. Returns whether anything was left behind.
 pub fn recover_after_crash(state_dir: &Path, resolv_conf: &Path) -> Result<bool, SystemDnsError> {
     let mut recovered = false;
+    #[cfg(windows)]
+    if crate::windows::nrpt::remove()? {
+        tracing::warn!("system DNS: removed the NRPT rule a previous run left behind");
+        recovered = true;
+    }
     let backup = state_dir.join(BACKUP_FILE);
     if backup.exists() {
         tracing::warn!(
@@ -204,6 +262,26 @@ pub fn system_nameservers(
     state_dir: &Path,
     resolv_conf: &Path,
 ) -> Result<Vec<SocketAddr>, SystemDnsError> {
+    // NRPT leaves the adapters' DNS servers alone: they are the system's resolvers.
+    #[cfg(windows)]
+    {
+        let _ = (state_dir, resolv_conf);
+        crate::sys::dns_servers().map_err(|source| SystemDnsError::Io {
+            path: PathBuf::from("GetAdaptersAddresses"),
+            source,
+        })
+    }
+    #[cfg(not(windows))]
+    {
+        unix_nameservers(state_dir, resolv_conf)
+    }
+}
+
+#[cfg(not(windows))]
+fn unix_nameservers(
+    state_dir: &Path,
+    resolv_conf: &Path,
+) -> Result<Vec<SocketAddr>, SystemDnsError> {
     let backup = state_dir.join(BACKUP_FILE);
     let content = match read_optional(&backup)? {
         Some(content) => content,
@@ -224,6 +302,7 @@ pub fn system_nameservers(
         .collect())
 }
 
+#[cfg(not(windows))]
 fn parse_nameserver(text: &str) -> Option<SocketAddr> {
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Some(SocketAddr::new(ip, 53));
@@ -232,6 +311,25 @@ fn parse_nameserver(text: &str) -> Option<SocketAddr> {
     let ip: Ipv6Addr = ip.parse().ok()?;
     let scope: u32 = scope.parse().ok()?;
     Some(SocketAddr::V6(SocketAddrV6::new(ip, 53, 0, scope)))
+}
+
+#[cfg(windows)]
+fn install_nrpt(resolver_ip: IpAddr, domain: &Fqdn) -> Result<Applied, SystemDnsError> {
+    use crate::windows::nrpt;
+    let rule = nrpt::NrptRule {
+        domains: vec![format!(".{}", domain.as_str().trim_end_matches('.'))],
+        servers: vec![resolver_ip],
+    };
+    let report = nrpt::install(&rule)?;
+    if report.group_policy_overrides {
+        tracing::warn!(
+            "system DNS: Group Policy defines NRPT rules, so Windows ignores the local rule \
+             for {domain}; add an NRPT rule for .{domain} pointing at {resolver_ip} to the \
+             policy, or resolve overlay names with `cyphonic resolve`"
+        );
+    }
+    tracing::info!(%resolver_ip, domain = %domain, "system DNS: NRPT rule installed, DNS cache flushed");
+    Ok(Applied::Nrpt)
 }
 
 fn resolved_running() -> bool {
@@ -435,7 +533,9 @@ fn resolvectl(args: &[&str]) -> Result<(), SystemDnsError> {
     }
 }
 
+// resolv.conf management is the Unix method; NRPT has its tests in `crate::windows::nrpt`.
 #[cfg(test)]
+#[cfg(not(windows))]
 mod tests {
     use super::*;
 

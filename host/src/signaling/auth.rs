@@ -18,7 +18,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::driver::{self, Outgoing, Setup};
-use super::{ClientConfig, SignalingError, connected_socket, unix_now};
+use super::{ClientConfig, CloudSocket, SignalingError, connected_socket, unix_now};
 
 /// What the node software reports in `LoginRequest.client`.
 const CLIENT_NAME: &str = concat!("cyphonicd ", env!("CARGO_PKG_VERSION"));
@@ -104,7 +104,9 @@ impl AuthClient {
         purpose: Purpose,
         request: SignalMessage,
     ) -> Result<LoginOutcome, SignalingError> {
-        let socket = connected_socket(as_addr, self.config.bind, self.config.share_port).await?;
+        let socket = CloudSocket::Own(
+            connected_socket(as_addr, self.config.bind, self.config.share_port).await?,
+        );
         let channel = ChannelClient::new(cloud_public, node_static, Service::Auth, purpose);
         let mut signaling_config = self.config.signaling.clone();
         signaling_config.persistent = false;

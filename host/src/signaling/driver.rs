@@ -10,12 +10,11 @@ use cyphonic_proto::credential::SignedCredential;
 use cyphonic_proto::wire::signal::{RegistrationRequest, SignalMessage, SignalPacket, SignalRepr};
 use cyphonic_proto::wire::status::StatusCode;
 use rand_core::{OsRng, RngCore};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::nms::NmsEvent;
-use super::{ClientConfig, PUSH_ID_BIT, SignalingError, hello_clock_offset, unix_now};
+use super::{ClientConfig, CloudSocket, PUSH_ID_BIT, SignalingError, hello_clock_offset, unix_now};
 use cyphonic_proto::time::UnixTime;
 
 /// Commands queued per connection before senders wait.
@@ -104,7 +103,7 @@ impl Link {
 
 /// Everything a connection task starts with.
 pub(super) struct Setup {
-    pub(super) socket: UdpSocket,
+    pub(super) socket: CloudSocket,
     pub(super) signaling: Signaling,
     pub(super) credential: Option<SignedCredential>,
     pub(super) config: ClientConfig,
@@ -115,7 +114,7 @@ pub(super) struct Setup {
 }
 
 impl Setup {
-    pub(super) fn new(socket: UdpSocket, signaling: Signaling, config: ClientConfig) -> Self {
+    pub(super) fn new(socket: CloudSocket, signaling: Signaling, config: ClientConfig) -> Self {
         Self {
             socket,
             signaling,
@@ -162,7 +161,7 @@ pub(super) fn spawn(setup: Setup) -> Link {
 }
 
 struct Task {
-    socket: UdpSocket,
+    socket: CloudSocket,
     signaling: Signaling,
     credential: Option<SignedCredential>,
     config: ClientConfig,

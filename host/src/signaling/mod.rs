@@ -130,6 +130,85 @@ impl Default for ClientConfig {
     }
 }
 
+/// The NMS channel's transport when it rides on the tunnel socket (systems without
+/// SO_REUSEPORT): sends leave from that socket to the NMS; the data path hands over
+/// every datagram that came from the NMS. Made by `DataPlane::cloud_port`.
+#[derive(Debug)]
+pub struct SharedPort {
+    socket: std::net::UdpSocket,
+    /// The NMS as the socket addresses it (IPv4-mapped on a dual-stack socket).
+    peer: SocketAddr,
+    incoming: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+}
+
+impl SharedPort {
+    pub fn new(
+        socket: std::net::UdpSocket,
+        peer: SocketAddr,
+        incoming: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Self {
+        Self {
+            socket,
+            peer,
+            incoming: tokio::sync::Mutex::new(incoming),
+        }
+    }
+}
+
+/// A cloud connection's datagram transport: its own connected socket, or a share of
+/// the tunnel socket.
+#[derive(Debug)]
+pub(crate) enum CloudSocket {
+    Own(tokio::net::UdpSocket),
+    Shared(SharedPort),
+}
+
+impl CloudSocket {
+    pub(crate) async fn send(&self, datagram: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Own(socket) => socket.send(datagram).await.map(drop),
+            Self::Shared(port) => {
+                // The tunnel socket is non-blocking and shared with the data threads;
+                // a full send buffer is rare and brief, and the channel retransmits.
+                for _ in 0..20 {
+                    match port.socket.send_to(datagram, port.peer) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                        other => return other.map(drop),
+                    }
+                }
+                Err(std::io::ErrorKind::WouldBlock.into())
+            }
+        }
+    }
+
+    /// The next datagram from the service, copied into `buf` (truncated to it).
+    pub(crate) async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Own(socket) => socket.recv(buf).await,
+            Self::Shared(port) => {
+                let datagram = port.incoming.lock().await.recv().await.ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "the data path stopped handing over cloud datagrams",
+                    )
+                })?;
+                let len = datagram.len().min(buf.len());
+                buf[..len].copy_from_slice(&datagram[..len]);
+                Ok(len)
+            }
+        }
+    }
+
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Self::Own(socket) => socket.local_addr(),
+            Self::Shared(port) => port.socket.local_addr(),
+        }
+    }
+}
+
 /// Binds a UDP socket for talking to `peer` and connects it, so that only the peer's
 /// datagrams are received. With `share_port` the socket joins the port of another socket
 /// of this process (SO_REUSEPORT): the node's NMS channel leaves from its tunnel port, so
@@ -162,7 +241,13 @@ async fn connected_socket(
         socket.set_only_v6(false)?;
     }
     if share_port {
+        #[cfg(unix)]
         socket.set_reuse_port(true)?;
+        #[cfg(not(unix))]
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "sharing a UDP port with SO_REUSEPORT needs a Unix system",
+        ));
     }
     socket.set_nonblocking(true)?;
     socket.bind(&local.into())?;

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use x25519_dalek::StaticSecret;
 
 use super::driver::{self, Link, Outgoing, Setup};
-use super::{ClientConfig, SignalingError, connected_socket};
+use super::{ClientConfig, CloudSocket, SharedPort, SignalingError, connected_socket};
 
 /// Events queued for the consumer before new ones are dropped (and logged).
 const EVENT_QUEUE: usize = 256;
@@ -88,7 +88,49 @@ impl NmsClient {
         node_static: &StaticSecret,
         credential: SignedCredential,
     ) -> Result<Self, SignalingError> {
-        let socket = connected_socket(nms_addr, config.bind, config.share_port).await?;
+        let socket =
+            CloudSocket::Own(connected_socket(nms_addr, config.bind, config.share_port).await?);
+        Self::connect_on(
+            socket,
+            config,
+            nms_addr,
+            cloud_public,
+            node_static,
+            credential,
+        )
+        .await
+    }
+
+    /// [`Self::connect_with`] over a share of the tunnel socket (see [`SharedPort`]);
+    /// `config.bind` and `config.share_port` do not apply.
+    pub async fn connect_shared(
+        port: SharedPort,
+        config: ClientConfig,
+        nms_addr: SocketAddr,
+        cloud_public: &VerifyingKey,
+        node_static: &StaticSecret,
+        credential: SignedCredential,
+    ) -> Result<Self, SignalingError> {
+        let socket = CloudSocket::Shared(port);
+        Self::connect_on(
+            socket,
+            config,
+            nms_addr,
+            cloud_public,
+            node_static,
+            credential,
+        )
+        .await
+    }
+
+    async fn connect_on(
+        socket: CloudSocket,
+        config: ClientConfig,
+        nms_addr: SocketAddr,
+        cloud_public: &VerifyingKey,
+        node_static: &StaticSecret,
+        credential: SignedCredential,
+    ) -> Result<Self, SignalingError> {
         let local_addr = socket.local_addr()?;
         let channel = ChannelClient::new(
             cloud_public,

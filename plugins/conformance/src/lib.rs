@@ -8,6 +8,7 @@
 
 pub mod c_host;
 pub mod kat;
+#[cfg(target_os = "linux")]
 pub mod netns;
 
 use std::path::{Path, PathBuf};
@@ -40,8 +41,8 @@ pub const NETLINK_MOBILITY: PluginArtifact = PluginArtifact {
     lib_name: "cyphonic_netlink_mobility",
 };
 
-/// Library names of deliberately broken test fixtures start with this; the contract
-/// tests leave them to the containment tests.
+/// Library names of test-only plugins start with this: the deliberately broken fixtures
+/// (left to the containment tests) and the userspace interface for Wine ([`UDP_VIF`]).
 pub const FIXTURE_PREFIX: &str = "cyphonic_test_";
 /// A fixture built for plugin ABI 2.0, which an ABI 1 host must refuse.
 pub const BAD_ABI: PluginArtifact = PluginArtifact {
@@ -52,6 +53,13 @@ pub const BAD_ABI: PluginArtifact = PluginArtifact {
 pub const BROKEN_VIF: PluginArtifact = PluginArtifact {
     package: "cyphonic-test-broken-vif-plugin",
     lib_name: "cyphonic_test_broken_vif_plugin",
+};
+/// The test-only userspace interface (one IP packet per UDP datagram, no OS
+/// configuration, for Wine): not a real interface, so it cannot meet the kernel-facing
+/// contract; its own crate's tests cover it.
+pub const UDP_VIF: PluginArtifact = PluginArtifact {
+    package: "cyphonic-test-udp-vif",
+    lib_name: "cyphonic_test_udp_vif",
 };
 /// A fixture mobility detector that panics or returns garbage, per its `fault=` option.
 pub const BROKEN_MOBILITY: PluginArtifact = PluginArtifact {
@@ -68,7 +76,7 @@ pub struct BuiltPlugin {
 }
 
 impl BuiltPlugin {
-    /// Whether this is a deliberately broken test fixture ([`FIXTURE_PREFIX`]).
+    /// Whether this is a test-only plugin ([`FIXTURE_PREFIX`]).
     pub fn is_fixture(&self) -> bool {
         self.lib_name.starts_with(FIXTURE_PREFIX)
     }

@@ -5,6 +5,8 @@
 //! close leaves nothing behind. The namespace tests need root and skip (saying so)
 //! without it.
 
+// Network namespaces, TUN devices and netlink: Linux only.
+#![cfg(target_os = "linux")]
 // The checks are shared helpers rather than `#[test]` functions; a failed unwrap in
 // them is a failed test all the same.
 #![allow(clippy::unwrap_used)]

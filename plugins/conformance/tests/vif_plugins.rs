@@ -5,6 +5,8 @@
 //! writes do no harm, bad settings are refused by the plugin itself, closing removes the
 //! interface. The namespace tests need root and skip (saying so) without it.
 
+// Network namespaces, TUN devices and netlink: Linux only.
+#![cfg(target_os = "linux")]
 // `poll` on the plugin's descriptor.
 #![allow(unsafe_code)]
 // The checks are shared helpers rather than `#[test]` functions; a failed unwrap in
@@ -20,7 +22,7 @@ use cyphonic_plugin_abi::{
 };
 use cyphonic_plugin_conformance::c_host::{self, OpenAnswer};
 use cyphonic_plugin_conformance::netns::{Netns, skip_unless_root};
-use cyphonic_plugin_conformance::{BROKEN_VIF, LINUX_TUN, PluginArtifact, assert_covered};
+use cyphonic_plugin_conformance::{BROKEN_VIF, LINUX_TUN, PluginArtifact, UDP_VIF, assert_covered};
 
 const IFNAME: &str = "cyphconf0";
 const MTU: u32 = 1400;
@@ -93,7 +95,11 @@ vif_plugin_conformance!(linux_tun: Subject {
 #[test]
 fn every_built_vif_plugin_is_covered() {
     let _serial = serial();
-    assert_covered(PluginKind::VirtualInterface, &[LINUX_TUN], &[BROKEN_VIF]);
+    assert_covered(
+        PluginKind::VirtualInterface,
+        &[LINUX_TUN],
+        &[BROKEN_VIF, UDP_VIF],
+    );
 }
 
 /// The tests of this file one at a time: they count the process's descriptors.

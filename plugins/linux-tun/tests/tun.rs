@@ -5,6 +5,8 @@
 //!
 //! They need root (CI runs them as root) and skip only when `/dev/net/tun` is missing.
 
+// Network namespaces, TUN devices and netlink: Linux only.
+#![cfg(target_os = "linux")]
 #![allow(unsafe_code)]
 // Helpers outside `#[test]` functions unwrap too; a panic is a test failure.
 #![allow(clippy::unwrap_used)]

@@ -7,6 +7,8 @@
 //! They need root (CI runs them as root) for `ip netns`. Test links are `dummy` devices,
 //! or `ifb` devices (which behave the same here) where the kernel has no dummy driver.
 
+// Network namespaces, TUN devices and netlink: Linux only.
+#![cfg(target_os = "linux")]
 #![allow(unsafe_code)]
 // Helpers outside `#[test]` functions unwrap too; a panic is a test failure.
 #![allow(clippy::unwrap_used)]

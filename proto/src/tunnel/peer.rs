@@ -67,6 +67,11 @@ pub enum PeerEvent {
     /// The peer answered our handshake but failed a check (credential, downgrade);
     /// queued packets were dropped.
     HandshakeFailed(DropReason),
+    /// We sent data and heard nothing back for `keepalive_timeout + rekey_timeout`: a
+    /// new handshake starts. The peer may have restarted and forgotten us, in which case
+    /// it refuses the handshake until it learns the route again: the host should ask
+    /// for the route again.
+    Unresponsive,
 }
 
 struct PendingHandshake {
@@ -362,6 +367,7 @@ impl Peer {
             if self.pending.is_none() {
                 self.handshake_due = true;
             }
+            self.events.push_back(PeerEvent::Unresponsive);
         }
         if !self.queue.is_empty()
             && self.usable_send_slot(now).is_none()

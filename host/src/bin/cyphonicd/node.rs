@@ -66,6 +66,7 @@ pub(crate) async fn run(
     config_path: PathBuf,
     config: NodeConfig,
     log: LogHandle,
+    stop: StopSignal,
 ) -> anyhow::Result<()> {
     // The same pipeline as a reload: config logic, the plugins, then the filter
     // compiled and self-checked.
@@ -113,12 +114,23 @@ pub(crate) async fn run(
         inner: Mutex::new(Inner::default()),
         login_changed: Notify::new(),
         session_end: Notify::new(),
+        stop,
     });
     let _ = node.me.set(Arc::downgrade(&node));
+    let page = Arc::new(
+        crate::ui_backend::StarterPage::start(&node.cfg().ui, Arc::clone(&node), {
+            let node = Arc::clone(&node);
+            move || node.cfg()
+        })
+        .await,
+    );
+    if let Some(e) = page.failure() {
+        node.note_error(e.to_owned());
+    }
     let control_socket = node.cfg().control.socket.clone();
     let control_task = control::serve(
         &control_socket,
-        Arc::clone(&node) as Arc<dyn control::Handler>,
+        crate::ui_backend::control_handler(Arc::clone(&node), Arc::clone(&page)),
     )
     .context("opening the control socket")?;
     tracing::info!(socket = %control_socket.display(), config = %node.config_path.display(), "cyphonicd started");
@@ -129,9 +141,20 @@ pub(crate) async fn run(
 
     let result = node.clone().lifecycle().await;
     control_task.abort();
+    page.stop();
     drop(watcher);
+    #[cfg(unix)]
     let _ = std::fs::remove_file(&control_socket);
     result
+}
+
+/// Becomes true once the daemon should stop: SIGTERM/SIGINT on Unix, Ctrl+C or the
+/// service control manager's stop on Windows (set by `main`).
+pub(crate) type StopSignal = tokio::sync::watch::Receiver<bool>;
+
+/// Resolves when `stop` is raised (or its sender is gone, which also means stop).
+async fn stopped(mut stop: StopSignal) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Changes the log filter of the running daemon.
@@ -185,6 +208,8 @@ pub(crate) struct Node {
     login_changed: Notify,
     /// Ends the running session (logout).
     session_end: Notify,
+    /// Raised when the daemon must stop (signal or service stop).
+    stop: StopSignal,
 }
 
 #[derive(Default)]
@@ -249,21 +274,16 @@ impl Node {
 
     /// Waits for a credential, runs a session until logout or a signal, repeats.
     async fn lifecycle(self: Arc<Self>) -> anyhow::Result<()> {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("installing the SIGTERM handler")?;
         loop {
             self.set_state(NodeState::WaitingForLogin);
             let stored = tokio::select! {
                 stored = self.wait_for_credential() => stored?,
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = terminate.recv() => return Ok(()),
+                _ = stopped(self.stop.clone()) => return Ok(()),
             };
             self.set_state(NodeState::Starting);
             let started = tokio::select! {
                 s = self.clone().start_session(stored) => s,
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = terminate.recv() => return Ok(()),
+                _ = stopped(self.stop.clone()) => return Ok(()),
             };
             let (session, mut running) = match started {
                 Ok(s) => s,
@@ -275,15 +295,13 @@ impl Node {
                     self.note_error(format!("{e:#}"));
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                        _ = tokio::signal::ctrl_c() => return Ok(()),
-                        _ = terminate.recv() => return Ok(()),
+                        _ = stopped(self.stop.clone()) => return Ok(()),
                     }
                 }
             };
             self.set_state(NodeState::Running);
             let stop_reason = tokio::select! {
-                _ = tokio::signal::ctrl_c() => Stop::Signal,
-                _ = terminate.recv() => Stop::Signal,
+                _ = stopped(self.stop.clone()) => Stop::Signal,
                 _ = self.session_end.notified() => Stop::Logout,
             };
             self.set_state(NodeState::Stopping);
@@ -419,21 +437,40 @@ impl Node {
 
         let nms_addr = first_addr(&cfg.cloud.nms).context("resolving cloud.nms")?;
         // The NMS channel leaves from the tunnel port: what the NMS observes is then the
-        // NAT mapping peers must use to reach our tunnel.
-        let client = ClientConfig {
-            bind: Some(dataplane.local_addr()?),
-            share_port: true,
-            ..ClientConfig::default()
+        // NAT mapping peers must use to reach our tunnel. On Unix a second socket joins
+        // the port (SO_REUSEPORT; the kernel hands the NMS's datagrams to it, the
+        // connected one). Windows has no SO_REUSEPORT (its SO_REUSEADDR lets any socket
+        // take the port's datagrams), so there the channel rides on the tunnel socket
+        // itself and the data path hands the NMS's datagrams over.
+        let nms = if cfg!(unix) {
+            let client = ClientConfig {
+                bind: Some(dataplane.local_addr()?),
+                share_port: true,
+                ..ClientConfig::default()
+            };
+            NmsClient::connect_with(
+                client,
+                nms_addr,
+                &self.cloud_key,
+                &self.static_secret,
+                stored.credential.clone(),
+            )
+            .await
+        } else {
+            let port = dataplane
+                .cloud_port(nms_addr)
+                .context("sharing the tunnel socket with the NMS channel")?;
+            NmsClient::connect_shared(
+                port,
+                ClientConfig::default(),
+                nms_addr,
+                &self.cloud_key,
+                &self.static_secret,
+                stored.credential.clone(),
+            )
+            .await
         };
-        let mut nms = NmsClient::connect_with(
-            client,
-            nms_addr,
-            &self.cloud_key,
-            &self.static_secret,
-            stored.credential.clone(),
-        )
-        .await
-        .with_context(|| format!("connecting to the NMS at {nms_addr}"))?;
+        let mut nms = nms.with_context(|| format!("connecting to the NMS at {nms_addr}"))?;
         let events = nms
             .events()
             .ok_or_else(|| anyhow!("the NMS client gave no event stream"))?;
@@ -572,6 +609,7 @@ impl Node {
                     SystemDnsMode::Auto | SystemDnsMode::None => SystemMode::Auto,
                     SystemDnsMode::Resolved => SystemMode::Resolved,
                     SystemDnsMode::ResolvConf => SystemMode::ResolvConf,
+                    SystemDnsMode::Nrpt => SystemMode::Nrpt,
                 },
                 &session.ifname,
                 addr.ip(),
@@ -782,8 +820,8 @@ impl Node {
     }
 
     /// Watches the configuration's directory and the scripts' directories (editors
-    /// save by rename), and SIGHUP; both lead to [`Node::reload`] after a short quiet
-    /// period.
+    /// save by rename), and SIGHUP on Unix; both lead to [`Node::reload`] after a short
+    /// quiet period. (Windows has no SIGHUP: `cyphonic reload` asks over the pipe.)
     fn watch_config(self: Arc<Self>) -> anyhow::Result<notify::RecommendedWatcher> {
         use notify::Watcher;
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
@@ -811,13 +849,23 @@ impl Node {
                 .watch(dir, notify::RecursiveMode::NonRecursive)
                 .with_context(|| format!("watching {}", dir.display()))?;
         }
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("installing the SIGHUP handler")?;
+        #[cfg(unix)]
+        {
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing the SIGHUP handler")?;
+            let hangup_tx = tx.clone();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    if hangup_tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    got = rx.recv() => if got.is_none() { return },
-                    _ = hangup.recv() => {}
+                if rx.recv().await.is_none() {
+                    return;
                 }
                 // Editors write in several steps: wait until it is quiet.
                 while tokio::time::timeout(RELOAD_QUIET, rx.recv()).await.is_ok() {}
@@ -1304,6 +1352,10 @@ impl Node {
             }
             Request::Logout => self.logout().await,
             Request::Reload => Response::Reloaded(self.reload_arc().await),
+            // Answered by the starter page's handler (ui_backend.rs) in front of this one.
+            Request::UiUrl => Response::Error {
+                message: "the starter page is not running".into(),
+            },
         }
     }
 }
@@ -1611,9 +1663,12 @@ fn bind_data_socket(port: u16, buffer: usize) -> std::io::Result<UdpSocket> {
         if domain == Domain::IPV6 {
             s.set_only_v6(false)?;
         }
+        #[cfg(unix)]
         if share {
             s.set_reuse_port(true)?;
         }
+        #[cfg(not(unix))]
+        let _ = share;
         s.bind(&addr.into())?;
         Ok::<_, std::io::Error>(s)
     };

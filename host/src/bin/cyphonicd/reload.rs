@@ -28,6 +28,7 @@ pub(crate) enum Setting {
     ResolverListen,
     SystemDns,
     ControlSocket,
+    StarterPage,
 }
 
 impl Setting {
@@ -52,6 +53,7 @@ impl Setting {
             Self::ResolverListen => "resolver.listen",
             Self::SystemDns => "resolver.system / resolver.resolv_conf",
             Self::ControlSocket => "control.socket",
+            Self::StarterPage => "ui",
         }
     }
 
@@ -154,6 +156,7 @@ pub(crate) fn changes(
         old.control.socket != new.control.socket,
         Setting::ControlSocket,
     );
+    check(old.ui != new.ui, Setting::StarterPage);
     out
 }
 
@@ -170,6 +173,7 @@ pub(crate) fn effective(old: &NodeConfig, new: &NodeConfig) -> NodeConfig {
     e.resolver.system = old.resolver.system;
     e.resolver.resolv_conf = old.resolver.resolv_conf.clone();
     e.control = old.control.clone();
+    e.ui = old.ui.clone();
     e
 }
 
@@ -185,6 +189,18 @@ plugins: {interface: /p/tun.so, crypto: [/p/aes.so]}
 
     fn parse(extra: &str) -> NodeConfig {
         cyphonic_host::config::parse(&format!("{BASE}{extra}"), Path::new("/etc/n.yaml")).unwrap()
+    }
+
+    #[test]
+    fn the_starter_page_needs_a_restart() {
+        let old = parse("");
+        let new = parse("ui: {listen: \"127.0.0.1:7999\"}\n");
+        assert_eq!(
+            changes(&old, &new, false, false),
+            vec![Setting::StarterPage]
+        );
+        assert!(!Setting::StarterPage.live());
+        assert_eq!(effective(&old, &new).ui, old.ui);
     }
 
     #[test]

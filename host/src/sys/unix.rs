@@ -1,11 +1,11 @@
-//! The few OS calls the node makes that std does not wrap: waiting for a socket with a
-//! timeout (the data threads must notice shutdown), and listing the host's addresses
-//! for registration.
+//! The Unix half of [`crate::sys`]: poll, getifaddrs and SO_*BUFFORCE through libc.
 #![allow(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
+
+use super::LocalAddr;
 
 /// Waits until `fd` is readable (or writable with `write`), at most `timeout`.
 /// Returns whether it became ready.
@@ -21,15 +21,8 @@ pub(crate) fn wait_fd(fd: &impl AsRawFd, write: bool, timeout: Duration) -> bool
     n > 0
 }
 
-/// One address of a local interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalAddr {
-    pub ifname: String,
-    pub addr: IpAddr,
-}
-
 /// Every address configured on the host's interfaces (getifaddrs).
-pub fn local_addresses() -> std::io::Result<Vec<LocalAddr>> {
+pub(crate) fn local_addresses() -> std::io::Result<Vec<LocalAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: `head` is a valid out-pointer; on success the list is freed below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -77,7 +70,7 @@ pub fn local_addresses() -> std::io::Result<Vec<LocalAddr>> {
 /// Sets the socket's receive and send buffers to `bytes`, past `net.core.*mem_max`
 /// when the process may (CAP_NET_ADMIN: SO_*BUFFORCE), else as far as the limits allow.
 /// Returns the receive buffer size the kernel reports afterwards.
-pub fn set_socket_buffers(fd: &impl AsRawFd, bytes: usize) -> usize {
+pub(crate) fn set_socket_buffers(fd: &impl AsRawFd, bytes: usize) -> usize {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
@@ -113,4 +106,9 @@ fn setsockopt_int(fd: &impl AsRawFd, option: libc::c_int, value: libc::c_int) ->
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     }
+}
+
+pub(crate) fn is_privileged() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
