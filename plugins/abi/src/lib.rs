@@ -8,7 +8,9 @@
 //!   [`MobilityDetector`] and the macros [`crypto_suite_plugin!`],
 //!   [`virtual_interface_plugin!`], [`mobility_detector_plugin!`] and
 //!   [`export_plugin_entry!`] that export an implementation, panic-safe and with every
-//!   pointer and length checked.
+//!   pointer and length checked. Helpers plugin authors share: [`option_lines`] for the
+//!   `key=value` options text, [`network`] for prefix masks, and the mobility debounce
+//!   [`Burst`].
 //! - The host side: [`Plugin`] (validated header; `Plugin::load` with the `loader`
 //!   feature dlopens a shared library) and the safe wrappers [`CryptoSuitePlugin`] /
 //!   [`CryptoKey`], [`VifPlugin`] / [`VifHandle`], [`MobilityPlugin`] /
@@ -19,6 +21,7 @@
 //! expand to in a plugin crate contains none except the `no_mangle` entry point.
 
 mod abi;
+mod debounce;
 mod host;
 #[cfg(feature = "loader")]
 mod loader;
@@ -37,12 +40,13 @@ pub use abi::{
     SUITE_AES_256_GCM, SUITE_CHACHA20_POLY1305, TIMEOUT_INFINITE, VIF_IFNAME_LEN, VifConfig,
     VifInfo, VifInfoFn, VifOpenFn, VifPollableFdFn, VifReadBatchFn, VifVtable, VifWriteBatchFn,
 };
+pub use debounce::{Burst, MAX_BURST_FACTOR};
 pub use host::{
     AbiVersion, CryptoKey, CryptoSuitePlugin, LoadError, MobilityHandle, MobilityPlugin, Plugin,
     PluginKind, VifHandle, VifPlugin,
 };
 pub use plugin::{CryptoSuite, MobilityDetector, VirtualInterface};
-pub use settings::{VifDetails, VifSettings, option_value};
+pub use settings::{VifDetails, VifSettings, network, option_lines, option_value};
 pub use status::{PluginError, PluginFailure, Status};
 pub use wipe::WipeOnDrop;
 

@@ -24,6 +24,55 @@ pub struct VifSettings {
 }
 
 impl VifSettings {
+    /// The MTU to set: `None` for 0 (keep the OS default), else `mtu` when it is within
+    /// `range` and, with an IPv6 address, at least IPv6's minimum of 1280.
+    pub fn checked_mtu(
+        &self,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<Option<u32>, PluginFailure> {
+        const IPV6_MIN_MTU: u32 = 1280;
+        match self.mtu {
+            0 => Ok(None),
+            mtu if !range.contains(&mtu) => Err(PluginFailure::invalid_argument(format!(
+                "MTU {mtu} is outside {}..={}",
+                range.start(),
+                range.end()
+            ))),
+            mtu if self.ipv6.is_some() && mtu < IPV6_MIN_MTU => {
+                Err(PluginFailure::invalid_argument(format!(
+                    "MTU {mtu} is below {IPV6_MIN_MTU}, too small for the IPv6 address"
+                )))
+            }
+            mtu => Ok(Some(mtu)),
+        }
+    }
+
+    /// The routes the interface must install itself: `routes` reduced to their
+    /// networks, without duplicates and without the networks of the interface's own
+    /// addresses, which the OS routes on its own. `host_prefixes_connected`: whether the
+    /// OS also does that for a full-length prefix (Windows does; Linux adds no route
+    /// for a /32 or /128 address).
+    pub fn extra_routes(&self, host_prefixes_connected: bool) -> Vec<(IpAddr, u8)> {
+        let width = |a: IpAddr| if a.is_ipv4() { 32 } else { 128 };
+        let connected: Vec<(IpAddr, u8)> = [
+            self.ipv4.map(|(a, p)| (IpAddr::V4(a), p)),
+            self.ipv6.map(|(a, p)| (IpAddr::V6(a), p)),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|&(a, p)| host_prefixes_connected || p < width(a))
+        .map(|(a, p)| (network(a, p), p))
+        .collect();
+        let mut routes: Vec<(IpAddr, u8)> = Vec::with_capacity(self.routes.len());
+        for &(addr, prefix_len) in &self.routes {
+            let route = (network(addr, prefix_len), prefix_len);
+            if !connected.contains(&route) && !routes.contains(&route) {
+                routes.push(route);
+            }
+        }
+        routes
+    }
+
     /// Checks what the ABI cannot carry: prefix lengths past the address width, and NUL
     /// bytes or over-long names in the strings.
     pub fn validate(&self) -> Result<(), PluginFailure> {
@@ -68,6 +117,47 @@ pub struct VifDetails {
     pub ifname: String,
 }
 
+/// The `key=value` lines of an `options` text, trimmed, in order: blank lines and lines
+/// starting with `#` are skipped; a line without `=` is an `INVALID_ARGUMENT` failure
+/// naming `plugin`. Plugins match the keys themselves, so that an unknown key is an
+/// error that lists the known ones.
+pub fn option_lines<'a>(
+    plugin: &'a str,
+    options: &'a str,
+) -> impl Iterator<Item = Result<(&'a str, &'a str), PluginFailure>> + 'a {
+    options.lines().filter_map(move |line| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        Some(match line.split_once('=') {
+            Some((key, value)) => Ok((key.trim(), value.trim())),
+            None => Err(PluginFailure::invalid_argument(format!(
+                "{plugin} option `{line}` is not a key=value line"
+            ))),
+        })
+    })
+}
+
+/// `addr` with all but the first `prefix_len` bits cleared; a `prefix_len` past the
+/// address width keeps every bit.
+pub fn network(addr: IpAddr, prefix_len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix_len.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(a.to_bits() & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix_len.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(a.to_bits() & mask))
+        }
+    }
+}
+
 /// The value of `key` in `key=value` lines (the last match wins); for plugins parsing the
 /// `options` text of `VifConfig` or the mobility detector's `open`.
 pub fn option_value<'a>(options: &'a str, key: &str) -> Option<&'a str> {
@@ -77,4 +167,56 @@ pub fn option_value<'a>(options: &'a str, key: &str) -> Option<&'a str> {
         .filter(|(k, _)| k.trim() == key)
         .map(|(_, v)| v.trim())
         .next_back()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn network_clears_host_bits() {
+        assert_eq!(network(ip("100.64.8.77"), 24), ip("100.64.8.0"));
+        assert_eq!(network(ip("100.127.1.2"), 10), ip("100.64.0.0"));
+        assert_eq!(network(ip("1.2.3.4"), 0), ip("0.0.0.0"));
+        assert_eq!(network(ip("1.2.3.4"), 32), ip("1.2.3.4"));
+        assert_eq!(network(ip("1.2.3.4"), 40), ip("1.2.3.4"));
+        assert_eq!(network(ip("fd00:7::1:2"), 64), ip("fd00:7::"));
+        assert_eq!(network(ip("fd00:7::1"), 128), ip("fd00:7::1"));
+        assert_eq!(network(ip("fd00:7::1"), 0), ip("::"));
+    }
+
+    #[test]
+    fn extra_routes_skip_connected_networks_and_duplicates() {
+        let settings = VifSettings {
+            mtu: 1420,
+            ifname: None,
+            ipv4: Some(("100.64.0.7".parse().unwrap(), 32)),
+            ipv6: Some(("fd00:1::7".parse().unwrap(), 64)),
+            routes: vec![
+                (ip("100.64.9.9"), 10),
+                (ip("100.64.0.0"), 10),
+                (ip("fd00:1::"), 64),
+                (ip("100.64.0.7"), 32),
+            ],
+            options: None,
+        };
+        assert_eq!(
+            settings.extra_routes(false),
+            vec![(ip("100.64.0.0"), 10), (ip("100.64.0.7"), 32)]
+        );
+        assert_eq!(settings.extra_routes(true), vec![(ip("100.64.0.0"), 10)]);
+    }
+
+    #[test]
+    fn option_lines_skip_comments_and_refuse_lines_without_a_value() {
+        let text = "# comment\n\n a = 1 \nb=two=2\n";
+        let lines: Vec<_> = option_lines("p", text).map(Result::unwrap).collect();
+        assert_eq!(lines, vec![("a", "1"), ("b", "two=2")]);
+        let err = option_lines("p", "novalue").next().unwrap().unwrap_err();
+        assert!(err.to_string().contains("p option `novalue`"), "{err}");
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use cyphonic_plugin_abi::{PluginFailure, VifSettings};
+use cyphonic_plugin_abi::{PluginFailure, VifSettings, option_lines};
 
 use crate::sys::IFNAMSIZ;
 
@@ -14,8 +14,6 @@ pub(crate) const DEFAULT_NAME: &str = "tun%d";
 /// The transmit queue length an interface gets unless its default is longer or the
 /// `txqueuelen` option says otherwise. The TUN default (500) overflows in bursts.
 pub(crate) const DEFAULT_TXQUEUELEN: u32 = 1000;
-/// IPv6 needs links of at least this MTU (RFC 8200); Linux disables IPv6 below it.
-const IPV6_MIN_MTU: u32 = 1280;
 /// The kernel's TUN limits (`MIN_MTU`, `MAX_MTU` in drivers/net/tun.c).
 const TUN_MIN_MTU: u32 = 68;
 const TUN_MAX_MTU: u32 = 65535;
@@ -33,17 +31,8 @@ impl TunOptions {
     /// without `=` and bad values are `INVALID_ARGUMENT` errors that name the key.
     pub(crate) fn parse(options: Option<&str>) -> Result<Self, PluginFailure> {
         let mut parsed = Self::default();
-        for line in options.unwrap_or_default().lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((key, value)) = line.split_once('=') else {
-                return Err(PluginFailure::invalid_argument(format!(
-                    "linux-tun option `{line}` is not a key=value line"
-                )));
-            };
-            let (key, value) = (key.trim(), value.trim());
+        for line in option_lines("linux-tun", options.unwrap_or_default()) {
+            let (key, value) = line?;
             match key {
                 "txqueuelen" => {
                     let n = value.parse::<u32>().map_err(|_| {
@@ -91,37 +80,9 @@ impl Plan {
                 IFNAMSIZ - 1
             )));
         }
-        let mtu = match settings.mtu {
-            0 => None,
-            mtu if !(TUN_MIN_MTU..=TUN_MAX_MTU).contains(&mtu) => {
-                return Err(PluginFailure::invalid_argument(format!(
-                    "MTU {mtu} is outside {TUN_MIN_MTU}..={TUN_MAX_MTU}"
-                )));
-            }
-            mtu if settings.ipv6.is_some() && mtu < IPV6_MIN_MTU => {
-                return Err(PluginFailure::invalid_argument(format!(
-                    "MTU {mtu} is below {IPV6_MIN_MTU}, too small for the IPv6 address"
-                )));
-            }
-            mtu => Some(mtu),
-        };
-        let connected: Vec<(IpAddr, u8)> = [
-            settings.ipv4.map(|(a, p)| (IpAddr::V4(a), p)),
-            settings.ipv6.map(|(a, p)| (IpAddr::V6(a), p)),
-        ]
-        .into_iter()
-        .flatten()
+        let mtu = settings.checked_mtu(TUN_MIN_MTU..=TUN_MAX_MTU)?;
         // A full-length prefix gets no route of its own from the kernel.
-        .filter(|&(a, p)| p < width(a))
-        .map(|(a, p)| (network(a, p), p))
-        .collect();
-        let mut routes: Vec<(IpAddr, u8)> = Vec::with_capacity(settings.routes.len());
-        for &(addr, prefix_len) in &settings.routes {
-            let route = (network(addr, prefix_len), prefix_len);
-            if !connected.contains(&route) && !routes.contains(&route) {
-                routes.push(route);
-            }
-        }
+        let routes = settings.extra_routes(false);
         Ok(Self {
             ifname: ifname.to_owned(),
             mtu,
@@ -130,32 +91,6 @@ impl Plan {
             routes,
             options,
         })
-    }
-}
-
-fn width(addr: IpAddr) -> u8 {
-    match addr {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => 128,
-    }
-}
-
-/// `addr` with all but the first `prefix_len` bits cleared (`prefix_len` is at most the
-/// address width: `VifSettings::validate` checked).
-pub(crate) fn network(addr: IpAddr, prefix_len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix_len))
-                .unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(a.to_bits() & mask))
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix_len))
-                .unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(a.to_bits() & mask))
-        }
     }
 }
 
@@ -257,17 +192,5 @@ mod tests {
         s.ifname = None;
         let plan = Plan::new(&s).unwrap();
         assert_eq!((plan.mtu, plan.ifname.as_str()), (None, DEFAULT_NAME));
-    }
-
-    #[test]
-    fn network_clears_host_bits() {
-        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(network(v4("100.64.8.77"), 24), v4("100.64.8.0"));
-        assert_eq!(network(v4("100.127.1.2"), 10), v4("100.64.0.0"));
-        assert_eq!(network(v4("1.2.3.4"), 0), v4("0.0.0.0"));
-        assert_eq!(network(v4("1.2.3.4"), 32), v4("1.2.3.4"));
-        assert_eq!(network(v4("fd00:7::1:2"), 64), v4("fd00:7::"));
-        assert_eq!(network(v4("fd00:7::1"), 128), v4("fd00:7::1"));
-        assert_eq!(network(v4("fd00:7::1"), 0), v4("::"));
     }
 }

@@ -81,7 +81,6 @@
 
 #![cfg(target_os = "linux")]
 
-mod debounce;
 mod netlink;
 mod options;
 mod sys;
@@ -94,10 +93,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cyphonic_plugin_abi::{
-    AddrEntry, HINT_ADDRESSES_CHANGED, HINT_ROUTES_CHANGED, MobilityDetector, PluginFailure, Status,
+    AddrEntry, Burst, HINT_ADDRESSES_CHANGED, HINT_ROUTES_CHANGED, MobilityDetector, PluginFailure,
+    Status,
 };
 
-use crate::debounce::Burst;
 use crate::netlink::{Event, Link, Messages, NetlinkError, Query};
 pub use crate::options::{DEFAULT_DEBOUNCE, MobilityOptions};
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cyphonic_plugin_abi::PluginFailure;
+use cyphonic_plugin_abi::{PluginFailure, option_lines};
 
 /// How long a burst of changes must stay quiet before `wait` reports it, by default.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -37,17 +37,8 @@ impl MobilityOptions {
     /// without `=` and bad values are `INVALID_ARGUMENT` errors that name the key.
     pub fn parse(options: Option<&str>) -> Result<Self, PluginFailure> {
         let mut parsed = Self::default();
-        for line in options.unwrap_or_default().lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((key, value)) = line.split_once('=') else {
-                return Err(PluginFailure::invalid_argument(format!(
-                    "netlink-mobility option `{line}` is not a key=value line"
-                )));
-            };
-            let (key, value) = (key.trim(), value.trim());
+        for line in option_lines("netlink-mobility", options.unwrap_or_default()) {
+            let (key, value) = line?;
             match key {
                 "debounce_ms" => {
                     let ms = value

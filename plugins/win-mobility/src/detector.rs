@@ -13,10 +13,10 @@ use windows_sys::Win32::Foundation::{
     ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER, ERROR_NOT_SUPPORTED,
 };
 
-use crate::debounce::Burst;
 use crate::model::{self, ALL_HINTS, Change, INBOX_CAP, Tracker};
 use crate::options::MobilityOptions;
 use crate::sys::{self, Event, Signal, Watch, WatchError, Win32Error};
+use cyphonic_plugin_abi::Burst;
 
 cyphonic_plugin_abi::mobility_detector_plugin!(
     name: "win-mobility",

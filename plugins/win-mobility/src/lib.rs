@@ -110,7 +110,6 @@
 // The decisions below are used by the Windows glue only; elsewhere they are built for
 // their tests.
 #[cfg_attr(not(windows), allow(dead_code))]
-mod debounce;
 #[cfg(windows)]
 mod detector;
 #[cfg_attr(not(windows), allow(dead_code))]

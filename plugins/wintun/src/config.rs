@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use cyphonic_plugin_abi::{PluginFailure, VifSettings};
+use cyphonic_plugin_abi::{PluginFailure, VifSettings, option_lines};
 
 use crate::guid::adapter_guid;
 
@@ -62,17 +62,8 @@ impl WintunOptions {
     /// without `=` and bad values are `INVALID_ARGUMENT` errors that name the key.
     pub(crate) fn parse(options: Option<&str>) -> Result<Self, PluginFailure> {
         let mut parsed = Self::default();
-        for line in options.unwrap_or_default().lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((key, value)) = line.split_once('=') else {
-                return Err(PluginFailure::invalid_argument(format!(
-                    "wintun option `{line}` is not a key=value line"
-                )));
-            };
-            let (key, value) = (key.trim(), value.trim());
+        for line in option_lines("wintun", options.unwrap_or_default()) {
+            let (key, value) = line?;
             match key {
                 "ring_capacity" => parsed.ring_capacity = parse_ring_capacity(value)?,
                 "network_category" => {
@@ -143,35 +134,9 @@ impl Plan {
                 "adapter name {name:?}: no control characters or leading/trailing spaces"
             )));
         }
-        let mtu = match settings.mtu {
-            0 => None,
-            mtu if !(IPV4_MIN_MTU..=MAX_MTU).contains(&mtu) => {
-                return Err(PluginFailure::invalid_argument(format!(
-                    "MTU {mtu} is outside {IPV4_MIN_MTU}..={MAX_MTU}"
-                )));
-            }
-            mtu if settings.ipv6.is_some() && mtu < IPV6_MIN_MTU => {
-                return Err(PluginFailure::invalid_argument(format!(
-                    "MTU {mtu} is below {IPV6_MIN_MTU}, too small for the IPv6 address"
-                )));
-            }
-            mtu => Some(mtu),
-        };
-        let on_link: Vec<(IpAddr, u8)> = [
-            settings.ipv4.map(|(a, p)| (IpAddr::V4(a), p)),
-            settings.ipv6.map(|(a, p)| (IpAddr::V6(a), p)),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|(a, p)| (network(a, p), p))
-        .collect();
-        let mut routes: Vec<(IpAddr, u8)> = Vec::with_capacity(settings.routes.len());
-        for &(addr, prefix_len) in &settings.routes {
-            let route = (network(addr, prefix_len), prefix_len);
-            if !on_link.contains(&route) && !routes.contains(&route) {
-                routes.push(route);
-            }
-        }
+        let mtu = settings.checked_mtu(IPV4_MIN_MTU..=MAX_MTU)?;
+        // Windows adds the on-link route of every address, host prefixes included.
+        let routes = settings.extra_routes(true);
         Ok(Self {
             name: name.to_owned(),
             guid: adapter_guid(name),
@@ -181,25 +146,6 @@ impl Plan {
             routes,
             options,
         })
-    }
-}
-
-/// `addr` with all but the first `prefix_len` bits cleared (`prefix_len` is at most the
-/// address width: `VifSettings::validate` checked).
-pub(crate) fn network(addr: IpAddr, prefix_len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix_len))
-                .unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(a.to_bits() & mask))
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix_len))
-                .unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(a.to_bits() & mask))
-        }
     }
 }
 
@@ -332,17 +278,5 @@ mod tests {
         let plan = Plan::new(&s).unwrap();
         assert_eq!((plan.mtu, plan.name.as_str()), (None, DEFAULT_IFNAME));
         assert_eq!(plan.guid, adapter_guid(DEFAULT_IFNAME));
-    }
-
-    #[test]
-    fn network_clears_host_bits() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(network(ip("100.64.8.77"), 24), ip("100.64.8.0"));
-        assert_eq!(network(ip("100.127.1.2"), 10), ip("100.64.0.0"));
-        assert_eq!(network(ip("1.2.3.4"), 0), ip("0.0.0.0"));
-        assert_eq!(network(ip("1.2.3.4"), 32), ip("1.2.3.4"));
-        assert_eq!(network(ip("fd00:7::1:2"), 64), ip("fd00:7::"));
-        assert_eq!(network(ip("fd00:7::1"), 128), ip("fd00:7::1"));
-        assert_eq!(network(ip("fd00:7::1"), 0), ip("::"));
     }
 }

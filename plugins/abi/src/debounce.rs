@@ -1,16 +1,17 @@
-//! The debounce of `wait`: a [`Burst`] collects the hints of changes until they have been
-//! quiet for the debounce time (or the burst has gone on for too long), then hands over
-//! their union once. Time is an argument, so this is tested without a clock.
+//! For mobility detectors: the debounce of `wait`, one policy for every platform. A
+//! [`Burst`] collects the hints of changes until they have been quiet for the debounce
+//! time (or the burst has gone on for too long), then hands over their union once. Time
+//! is an argument, so this is tested without a clock.
 
 use std::time::{Duration, Instant};
 
 /// A burst that keeps going is reported anyway after this many debounce times, so a
 /// flapping link cannot hide every change from the caller.
-pub(crate) const MAX_BURST_FACTOR: u32 = 10;
+pub const MAX_BURST_FACTOR: u32 = 10;
 
 /// The changes seen since the last report.
 #[derive(Debug, Clone)]
-pub(crate) struct Burst {
+pub struct Burst {
     debounce: Duration,
     /// The union of the hints so far; 0: no burst.
     hints: u32,
@@ -19,7 +20,7 @@ pub(crate) struct Burst {
 }
 
 impl Burst {
-    pub(crate) fn new(debounce: Duration, now: Instant) -> Self {
+    pub fn new(debounce: Duration, now: Instant) -> Self {
         Self {
             debounce,
             hints: 0,
@@ -30,7 +31,7 @@ impl Burst {
 
     /// Records changes seen at `now`; hints of 0 (nothing relevant) change nothing, so
     /// irrelevant messages do not extend a burst.
-    pub(crate) fn record(&mut self, hints: u32, now: Instant) {
+    pub fn record(&mut self, hints: u32, now: Instant) {
         if hints == 0 {
             return;
         }
@@ -42,7 +43,7 @@ impl Burst {
     }
 
     /// When the burst is to be reported; `None` when there is none.
-    pub(crate) fn due(&self) -> Option<Instant> {
+    pub fn due(&self) -> Option<Instant> {
         (self.hints != 0).then(|| {
             let quiet = self.last + self.debounce;
             let cap = self.first + self.debounce * MAX_BURST_FACTOR;
@@ -51,7 +52,7 @@ impl Burst {
     }
 
     /// The burst's hints if it is due at `now`; the burst is over then.
-    pub(crate) fn take_due(&mut self, now: Instant) -> Option<u32> {
+    pub fn take_due(&mut self, now: Instant) -> Option<u32> {
         if self.due()? > now {
             return None;
         }
