@@ -47,6 +47,12 @@ step "Wine prefix $CYPHONIC_WINEPREFIX"
 . scripts/wine/env.sh
 "$WINE" --version
 
+# One persistent wineserver for all test executables: otherwise each one may start just
+# as the previous one's server is shutting down, and Wine then fails to start it at all.
+"${WINE%/*}/wineserver" -k 2>/dev/null || true
+"${WINE%/*}/wineserver" -p
+trap '"${WINE%/*}/wineserver" -k 2>/dev/null || true' EXIT
+
 step "clippy (Windows target)"
 cargo clippy --workspace --all-targets --locked --target "$TARGET" -- -D warnings
 
