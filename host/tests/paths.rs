@@ -250,7 +250,7 @@ fn moving_node(tag: &str, b_options: NodeOptions) {
     let mut server = p.topo.lab.cmd(&a_ns, "iperf3");
     server.args(["-s", "-1", "-B"]).arg(vip_a.to_string());
     p.topo.lab.spawn("iperf3-server", server);
-    std::thread::sleep(Duration::from_millis(500));
+    p.topo.lab.wait_tcp_listen(&a_ns, 5201);
     let mut client = p.topo.lab.cmd(&b_ns, "iperf3");
     client
         .args(["-c"])

@@ -50,7 +50,7 @@ fn a_running_node_reconfigures_without_dropping_its_tunnels() {
     let mut server = p.topo.lab.cmd(&p.b.ns, "iperf3");
     server.args(["-s", "-1", "-B"]).arg(vip_b.to_string());
     p.topo.lab.spawn("iperf3-server", server);
-    std::thread::sleep(Duration::from_millis(500));
+    p.topo.lab.wait_tcp_listen(&p.b.ns, 5201);
     let mut client = p.topo.lab.cmd(&p.a.ns, "iperf3");
     client
         .args(["-c"])

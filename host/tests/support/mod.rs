@@ -162,6 +162,23 @@ impl Lab {
         terminate(&mut child)
     }
 
+    /// Waits (at most 10 s) until something in `ns` listens on TCP `port`: a loaded
+    /// machine can take a while to start a server.
+    pub fn wait_tcp_listen(&self, ns: &str, port: u16) {
+        wait_for(
+            &format!("a TCP listener on port {port} in {ns}"),
+            Duration::from_secs(10),
+            || {
+                let out = self
+                    .cmd(ns, "ss")
+                    .args(["-Htln", &format!("sport = :{port}")])
+                    .output()
+                    .ok()?;
+                (!out.stdout.is_empty()).then_some(())
+            },
+        );
+    }
+
     /// Kills `label` with SIGKILL (a crash: no cleanup runs) and reaps it.
     pub fn kill(&mut self, label: &str) {
         if let Some(i) = self.children.iter().position(|(l, _)| l == label) {
