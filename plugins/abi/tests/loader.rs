@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cyphonic_plugin_abi::{
-    CryptoInfo, CryptoSuite, CryptoSuitePlugin, CryptoVtable, LoadError, MobilityPlugin, Plugin,
-    PluginFailure, PluginHeader, PluginKind, Status, VifPlugin,
+    CryptoInfo, CryptoSuite, CryptoSuitePlugin, CryptoVtable, LoadError, Plugin, PluginFailure,
+    PluginHeader, PluginKind, Status,
 };
+#[cfg(unix)]
+use cyphonic_plugin_abi::{MobilityPlugin, VifPlugin};
 
 #[test]
 fn relative_paths_are_refused() {
@@ -20,6 +22,8 @@ fn relative_paths_are_refused() {
     );
 }
 
+// Unix paths, the Linux temp dir and the host C compiler.
+#[cfg(unix)]
 #[test]
 fn a_missing_file_is_refused_by_name() {
     let path = Path::new("/nonexistent/dir/libcyphonic_nothing.so");
@@ -33,6 +37,8 @@ fn a_missing_file_is_refused_by_name() {
     assert_eq!(err.path(), path);
 }
 
+// Unix paths, the Linux temp dir and the host C compiler.
+#[cfg(unix)]
 #[test]
 fn a_directory_is_refused() {
     let dir = tmp_dir("a-directory");
@@ -64,6 +70,8 @@ fn a_plugin_for_a_future_major_is_refused_with_both_versions() {
     );
 }
 
+// Unix paths, the Linux temp dir and the host C compiler.
+#[cfg(unix)]
 #[test]
 fn a_library_without_an_entry_point_is_not_a_plugin() {
     let so = build_c_library("not-a-plugin", "int not_a_plugin(void) { return 42; }\n");
@@ -75,6 +83,8 @@ fn a_library_without_an_entry_point_is_not_a_plugin() {
     );
 }
 
+// Unix paths, the Linux temp dir and the host C compiler.
+#[cfg(unix)]
 #[test]
 fn a_garbage_file_fails_to_open_with_its_name() {
     let path = tmp_dir("garbage").join("libgarbage.so");
@@ -84,6 +94,8 @@ fn a_garbage_file_fails_to_open_with_its_name() {
     assert!(err.to_string().starts_with(&path.display().to_string()));
 }
 
+// Unix paths, the Linux temp dir and the host C compiler.
+#[cfg(unix)]
 #[test]
 fn a_c_plugin_loads_and_works_through_the_safe_wrappers() {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/xor_plugin.c");
@@ -372,6 +384,7 @@ fn bad_abi_library() -> PathBuf {
 }
 
 /// Compiles `source` (with the ABI header on the include path) into a shared library.
+#[cfg(unix)]
 fn build_c_library(name: &str, source: &str) -> PathBuf {
     let dir = tmp_dir(name);
     let c_file = dir.join(format!("{name}.c"));
@@ -404,6 +417,7 @@ fn build_c_library(name: &str, source: &str) -> PathBuf {
     so
 }
 
+#[cfg(unix)]
 fn tmp_dir(tag: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("loader-{tag}"));
     std::fs::create_dir_all(&dir).expect("create temp dir");
