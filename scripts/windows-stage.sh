@@ -82,7 +82,7 @@ cp "$release/wintun.dll" "$bin/stub/wintun.dll"
 step "imports of the shipped binaries"
 # Only Windows' own DLLs (and, for the wintun plugin, nothing: it loads wintun.dll at
 # run time from its own directory).
-allowed='^(kernel32|ntdll|advapi32|ws2_32|userenv|bcrypt|bcryptprimitives|iphlpapi|secur32|ole32|oleaut32|shell32|user32|dnsapi|api-ms-win-[a-z0-9-]+|msvcrt|ucrtbase|crypt32|shlwapi|netapi32|rpcrt4|sechost|fwpuclnt|userenv|powrprof|synchronization)\.dll$'
+allowed='^(kernel32|ntdll|advapi32|ws2_32|userenv|bcrypt|bcryptprimitives|iphlpapi|secur32|ole32|oleaut32|combase|shell32|user32|dnsapi|api-ms-win-[a-z0-9-]+|msvcrt|ucrtbase|crypt32|shlwapi|netapi32|rpcrt4|sechost|fwpuclnt|powrprof|synchronization)\.dll$'
 for f in cyphonicd.exe cyphonic.exe cyphonic_wintun.dll cyphonic_win_mobility.dll cyphonic_aes_gcm.dll; do
     bad=$(x86_64-w64-mingw32-objdump -p "$bin/$f" | awk '/DLL Name:/ {print tolower($3)}' | grep -Ev "$allowed" || true)
     if [ -n "$bad" ]; then
