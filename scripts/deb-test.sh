@@ -324,7 +324,9 @@ ok "cyphonic check-config accepts /etc/cyphonic/node.yaml and loads all ${#PLUGI
 # node.yaml leaves the config-logic script out (config_script: null); the shipped
 # template must load all the same.
 tmp_conf=$(mktemp -d)
-{ cat /etc/cyphonic/node.yaml; echo "config_script: /etc/cyphonic/config.lua"; } >"$tmp_conf/node.yaml"
+sed 's|^config_script: null$|config_script: /etc/cyphonic/config.lua|' /etc/cyphonic/node.yaml >"$tmp_conf/node.yaml"
+grep -qx 'config_script: /etc/cyphonic/config.lua' "$tmp_conf/node.yaml" ||
+    fail "/etc/cyphonic/node.yaml has no 'config_script: null' line to switch on"
 if ! logic_out=$(/usr/bin/cyphonic check-config --config "$tmp_conf/node.yaml" 2>&1); then
     printf '%s\n' "$logic_out" >&2
     rm -rf "$tmp_conf"
